@@ -1,0 +1,14 @@
+"""Pure functional Flax BERT: parameters are a pytree passed to `apply`."""
+
+from flaxft.models.bert import LOGICAL_AXES, BertModule, BertOutput
+from flaxft.models.config import BertConfig
+from flaxft.models.heads import (
+    ARCHITECTURES,
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    init_params,
+)
