@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from flaxft.errors import InputError
+from flaxft.files import new_output_dir
 from flaxft.models import ARCHITECTURES, BertConfig, init_params
 from flaxft.models.layout import with_layer_layout
 
@@ -48,8 +48,9 @@ HEADS_OF = {
 }
 HAS_POOLER = {"BertModel", "BertForPreTraining", "BertForSequenceClassification"}
 # Buffers and tied copies that Hugging Face checkpoints may hold but that are not parameters.
-_NOT_PARAMETERS = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.predictions.decoder.bias")
+_NOT_PARAMETERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 _TIED_DECODER = "cls.predictions.decoder.weight"
+_DECODER_BIAS = "cls.predictions.decoder.bias"
 _HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "pooler.")
 
 
@@ -106,8 +107,7 @@ def weight_table(config: BertConfig, architecture: str) -> list[Weight]:
     heads = {
         "mlm": linear(("mlm", "transform"), "cls.predictions.transform.dense")
         + norm(("mlm", "LayerNorm"), "cls.predictions.transform.LayerNorm")
-        + [Weight(("mlm", "bias"), "cls.predictions.bias", same, same)]
-        + ([] if config.tie_word_embeddings else [Weight(("mlm", "decoder", "kernel"), _TIED_DECODER, transpose, transpose)]),
+        + _mlm_decoder(config, transpose),
         "nsp": linear(("nsp",), "cls.seq_relationship"),
         "classifier": linear(("classifier",), "classifier"),
         "qa_outputs": linear(("qa_outputs",), "qa_outputs"),
@@ -115,6 +115,20 @@ def weight_table(config: BertConfig, architecture: str) -> list[Weight]:
     for head in HEADS_OF[architecture]:
         table += heads[head]
     return table
+
+
+def _mlm_decoder(config: BertConfig, transpose: Callable) -> list[Weight]:
+    """The MLM output bias, and the decoder kernel when it is not tied to the embeddings.
+
+    Hugging Face adds `cls.predictions.decoder.bias`, tied to `cls.predictions.bias`;
+    when the embeddings are untied the decoder's own bias is the one its forward uses.
+    """
+    if config.tie_word_embeddings:
+        return [Weight(("mlm", "bias"), "cls.predictions.bias", lambda b: b, lambda b: b)]
+    return [
+        Weight(("mlm", "decoder", "kernel"), _TIED_DECODER, transpose, transpose),
+        Weight(("mlm", "bias"), _DECODER_BIAS, lambda b: b, lambda b: b),
+    ]
 
 
 def hf_key(architecture: str, name: str) -> str:
@@ -168,9 +182,8 @@ def config_to_hf(config: BertConfig, architecture: str) -> dict[str, Any]:
     names = config.id2label or tuple(f"LABEL_{i}" for i in range(config.num_labels))
     hf["id2label"] = {str(i): name for i, name in enumerate(names)}
     hf["label2id"] = {name: i for i, name in enumerate(names)}
-    hf["problem_type"] = "regression" if config.num_labels == 1 and architecture == "BertForSequenceClassification" else None
-    if hf["problem_type"] is None:
-        del hf["problem_type"]
+    if config.num_labels == 1 and architecture == "BertForSequenceClassification":
+        hf["problem_type"] = "regression"
     return hf
 
 
@@ -249,8 +262,8 @@ def params_from_state_dict(
     by_name: dict[str, np.ndarray] = {}
     for key, value in state.items():
         by_name.setdefault(_canonical_name(key), value)
-    if "cls.predictions.bias" not in by_name and "cls.predictions.decoder.bias" in by_name:
-        by_name["cls.predictions.bias"] = by_name["cls.predictions.decoder.bias"]
+    if config.tie_word_embeddings and _DECODER_BIAS in by_name:  # a tied copy of cls.predictions.bias
+        by_name.setdefault("cls.predictions.bias", by_name.pop(_DECODER_BIAS))
 
     table = weight_table(config, architecture)
     flat_fresh = traverse_util.flatten_dict(fresh_heads) if fresh_heads else {}
@@ -319,15 +332,28 @@ def from_pretrained(
 # ----------------------------------------------------------------------------- writing
 
 
+def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Copies the Hugging Face tokenizer files found in `src` into `dst`; returns their names."""
+    names = [name for name in TOKENIZER_FILES if (Path(src) / name).is_file()]
+    if names:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy2(Path(src) / name, Path(dst) / name)
+    return names
+
+
 def state_dict_from_params(params: dict, config: BertConfig, architecture: str) -> dict[str, np.ndarray]:
     """Hugging Face state dict (float32 numpy, tied decoder left out) from flaxft params in
     either layout."""
     params = with_layer_layout(jax.device_get(nn.meta.unbox(params)), scan_layers=False)
     flat = traverse_util.flatten_dict(params)
-    return {
+    state = {
         hf_key(architecture, w.hf_name): np.ascontiguousarray(w.to_hf(np.asarray(flat[w.path], np.float32)))
         for w in weight_table(config, architecture)
     }
+    if _DECODER_BIAS in state:  # untied: transformers also expects the (unused) head bias
+        state["cls.predictions.bias"] = state[_DECODER_BIAS].copy()
+    return state
 
 
 def save_pretrained(
@@ -342,23 +368,11 @@ def save_pretrained(
     """
     from safetensors.numpy import save_file
 
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out}: already exists and is not empty; choose a new output folder")
     architecture = type(model).__name__
     state = state_dict_from_params(params, model.config, architecture)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with new_output_dir(out_dir) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config = config_to_hf(model.config, architecture)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer_dir is not None:
-            for name in TOKENIZER_FILES:
-                if (Path(tokenizer_dir) / name).is_file():
-                    shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            copy_tokenizer_files(tokenizer_dir, tmp)

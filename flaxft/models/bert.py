@@ -77,20 +77,22 @@ def dense(
     config: BertConfig,
     features: int | Sequence[int],
     kernel_axes: tuple[str, ...],
-    bias_axes: tuple[str, ...],
+    bias_axes: tuple[str, ...] | None,
     name: str,
     axis: int | Sequence[int] = -1,
 ) -> nn.DenseGeneral:
-    """A DenseGeneral with BERT's init and logical axis names on kernel and bias."""
+    """A DenseGeneral with BERT's init and logical axis names on kernel and bias
+    (no bias when `bias_axes` is None)."""
     return nn.DenseGeneral(
         features,
         axis=axis,
+        use_bias=bias_axes is not None,
         dtype=config.compute_dtype,
         param_dtype=config.weights_dtype,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.normal(config.initializer_range), kernel_axes
         ),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), bias_axes or ()),
         name=name,
     )
 
@@ -144,6 +146,20 @@ def attention_mask_B1LL(attention_mask_BL: Array, segment_ids_BL: Array | None) 
         same_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
         mask_B1LL = mask_B1LL & same_BLL[:, None]
     return mask_B1LL
+
+
+def attention_with_dropout(
+    q_BLNH: Array, k_BLNH: Array, v_BLNH: Array, mask_B1LL: Array, rate: float, dropout_rng: Array
+) -> Array:
+    """Softmax attention with dropout on the probabilities (softmax in float32). [B, L, N, H]."""
+    scale = q_BLNH.shape[-1] ** -0.5
+    logits_BNLL = jnp.einsum("bqnh,bknh->bnqk", q_BLNH, k_BLNH, preferred_element_type=jnp.float32)
+    logits_BNLL = jnp.where(mask_B1LL, logits_BNLL * scale, jnp.finfo(jnp.float32).min)
+    probs_BNLL = jax.nn.softmax(logits_BNLL, axis=-1)
+    if rate > 0.0:
+        keep_BNLL = jax.random.bernoulli(dropout_rng, 1.0 - rate, probs_BNLL.shape)
+        probs_BNLL = jnp.where(keep_BNLL, probs_BNLL / (1.0 - rate), 0.0)
+    return jnp.einsum("bnqk,bknh->bqnh", probs_BNLL.astype(v_BLNH.dtype), v_BLNH)
 
 
 class BertEmbeddings(nn.Module):
@@ -201,20 +217,10 @@ class BertSelfAttention(nn.Module):
         if self.deterministic or rate == 0.0:
             ctx_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLNH, v_BLNH, mask=mask_B1LL)
         else:
-            ctx_BLNH = self._attention_with_dropout(q_BLNH, k_BLNH, v_BLNH, mask_B1LL, rate)
+            ctx_BLNH = attention_with_dropout(q_BLNH, k_BLNH, v_BLNH, mask_B1LL, rate, self.make_rng("dropout"))
         out_BLD = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), ("embed",), "output", axis=(-2, -1))(ctx_BLNH)
         out_BLD = nn.Dropout(cfg.hidden_dropout_prob)(out_BLD, deterministic=self.deterministic)
         return layer_norm(cfg, "LayerNorm")(x_BLD + out_BLD)
-
-    def _attention_with_dropout(self, q_BLNH, k_BLNH, v_BLNH, mask_B1LL, rate) -> Array:
-        """Softmax attention with dropout on the probabilities, in float32. [B, L, N, H]."""
-        scale = q_BLNH.shape[-1] ** -0.5
-        logits_BNLL = jnp.einsum("bqnh,bknh->bnqk", q_BLNH, k_BLNH, preferred_element_type=jnp.float32)
-        logits_BNLL = jnp.where(mask_B1LL, logits_BNLL * scale, jnp.finfo(jnp.float32).min)
-        probs_BNLL = jax.nn.softmax(logits_BNLL, axis=-1)
-        probs_BNLL = nn.Dropout(rate)(probs_BNLL, deterministic=False)
-        return jnp.einsum("bnqk,bknh->bqnh", probs_BNLL.astype(v_BLNH.dtype), v_BLNH)
-
 
 class BertMLP(nn.Module):
     """Feed-forward block: D -> F -> D, residual and LayerNorm."""

@@ -36,7 +36,7 @@ class BertMLMHead(nn.Module):
         if cfg.tie_word_embeddings:
             logits_BMV = bert.attend(h_BMD)
         else:
-            decoder = dense(cfg, cfg.vocab_size, ("embed", "vocab"), ("vocab",), "decoder")
+            decoder = dense(cfg, cfg.vocab_size, ("embed", "vocab"), None, "decoder")
             logits_BMV = decoder(h_BMD)
         bias_V = self.param(
             "bias",

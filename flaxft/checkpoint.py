@@ -1,0 +1,104 @@
+"""Orbax checkpoints of flaxft models.
+
+A flaxft checkpoint folder is laid out like a workdir:
+
+    DIR/checkpoints/<step>/params   model parameters (Orbax PyTree, unrolled or scanned)
+    DIR/checkpoints/<step>/model    JSON: {"architecture": ..., "config": BertConfig.to_dict()}
+    DIR/tokenizer/                  tokenizer files, when the model came with a tokenizer
+
+Readers accept the workdir, its `checkpoints/` folder or one `checkpoints/<step>` folder.
+Restores are abstract: the parameter shapes come from `jax.eval_shape`, never from
+building the model on one device first.
+"""
+
+import os
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import orbax.checkpoint as ocp
+
+from flaxft import hf
+from flaxft.errors import InputError
+from flaxft.files import new_output_dir
+from flaxft.models import ARCHITECTURES, BertConfig, init_params
+
+CHECKPOINTS = "checkpoints"
+TOKENIZER = "tokenizer"
+
+
+def model_record(model: nn.Module) -> dict:
+    """The JSON record naming a model's architecture and config."""
+    return {"architecture": type(model).__name__, "config": model.config.to_dict()}
+
+
+def model_from_record(record: dict, source: str) -> nn.Module:
+    architecture = record.get("architecture")
+    if architecture not in ARCHITECTURES:
+        raise InputError(f"{source}: unknown architecture {architecture!r}")
+    return ARCHITECTURES[architecture](BertConfig.from_dict(record["config"]))
+
+
+def abstract_params(model: nn.Module, sharding: jax.sharding.Sharding | None = None) -> dict:
+    """ShapeDtypeStructs of `model`'s params (unboxed), placed on `sharding` (default: one device)."""
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0))))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def save_model(out_dir: str | os.PathLike, model: nn.Module, params: dict, tokenizer_dir: str | None = None) -> Path:
+    """Writes `model` and `params` as step 0 of a new flaxft checkpoint folder.
+
+    The folder appears whole or not at all; an existing non-empty `out_dir` is an
+    InputError (nothing is overwritten).
+    """
+    with new_output_dir(out_dir) as tmp:
+        if tokenizer_dir is not None:
+            hf.copy_tokenizer_files(tokenizer_dir, tmp / TOKENIZER)
+        with ocp.CheckpointManager(tmp / CHECKPOINTS) as manager:
+            manager.save(
+                0,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(nn.meta.unbox(params)),
+                    model=ocp.args.JsonSave(model_record(model)),
+                ),
+            )
+            manager.wait_until_finished()
+    return Path(out_dir).absolute()
+
+
+def locate(path: str | os.PathLike) -> tuple[Path, int]:
+    """(checkpoints root, step) for a workdir, a checkpoints folder or a step folder.
+
+    The newest complete step is taken unless a step folder is named."""
+    p = Path(path).absolute()
+    if not p.exists():
+        raise InputError(f"{p}: no such checkpoint or workdir")
+    if (p / CHECKPOINTS).is_dir():
+        p = p / CHECKPOINTS
+    if p.name.isdigit() and p.parent.is_dir() and (p / "model").exists():
+        return p.parent, int(p.name)
+    with ocp.CheckpointManager(p) as manager:
+        step = manager.latest_step()
+    if step is None:
+        raise InputError(f"{p}: holds no complete flaxft checkpoint")
+    return p, step
+
+
+def tokenizer_dir_of(path: str | os.PathLike) -> Path | None:
+    """The tokenizer folder saved with the checkpoint at `path`, if any."""
+    root, _ = locate(path)
+    folder = root.parent / TOKENIZER
+    return folder if folder.is_dir() else None
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """(model, params) from a flaxft checkpoint, as saved."""
+    root, step = locate(path)
+    with ocp.CheckpointManager(root) as manager:
+        record = manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+        model = model_from_record(record, str(root / str(step)))
+        params = manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params(model)))
+        )["params"]
+    return model, params

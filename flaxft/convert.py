@@ -1,0 +1,117 @@
+"""Hugging Face <-> flaxft checkpoints from the command line.
+
+    python -m flaxft.convert import-hf HF_DIR CKPT_DIR   # HF folder -> flaxft checkpoint
+    python -m flaxft.convert export-hf CKPT_OR_WORKDIR HF_DIR
+    python -m flaxft.convert verify HF_DIR [--tolerance 1e-4]
+
+`verify` runs transformers' PyTorch model and flaxft on the same batch and prints the
+largest absolute difference of every output; it exits 1 when one exceeds the tolerance.
+Bad input (missing folder or config.json, a non-BERT model, a missing or misshapen
+weight, an existing output folder) exits 2 with a one-line message.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+from flaxft import checkpoint, hf  # noqa: E402
+from flaxft.errors import exit_on_input_error  # noqa: E402
+
+# flaxft output field -> Hugging Face output field, per architecture.
+HF_OUTPUTS = {
+    "last_hidden_state": "last_hidden_state",
+    "pooler_output": "pooler_output",
+    "mlm_logits": "prediction_logits",
+    "nsp_logits": "seq_relationship_logits",
+    "logits": "logits",
+    "start_logits": "start_logits",
+    "end_logits": "end_logits",
+}
+
+
+def import_hf(hf_dir: str, ckpt_dir: str) -> None:
+    model, params = hf.from_pretrained(hf_dir)
+    out = checkpoint.save_model(ckpt_dir, model, params, tokenizer_dir=hf_dir)
+    print(f"wrote {type(model).__name__} checkpoint to {out}")
+
+
+def export_hf(ckpt: str, hf_dir: str) -> None:
+    model, params = checkpoint.load_model(ckpt)
+    hf.save_pretrained(model, params, hf_dir, tokenizer_dir=checkpoint.tokenizer_dir_of(ckpt))
+    print(f"wrote {type(model).__name__} to {hf_dir}")
+
+
+def sample_batch(vocab_size: int, type_vocab_size: int, batch: int = 4, length: int = 32, seed: int = 0) -> dict:
+    """Random ids with ragged padding and two token types: input_ids, attention_mask,
+    token_type_ids, each [batch, length] int64."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab_size, (batch, length))
+    lengths = np.linspace(length, max(2, length // 4), batch).astype(int)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
+    types = ((np.arange(length)[None] >= lengths[:, None] // 2) & (mask > 0)).astype(np.int64)
+    types = np.minimum(types, type_vocab_size - 1)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def compare_with_transformers(hf_dir: str, batch: dict) -> dict[str, float]:
+    """Largest |flaxft - transformers| per output on `batch`, both in float32."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        from flaxft.errors import InputError
+
+        raise InputError("verify needs torch and transformers (pip install torch transformers)") from None
+    model, params = hf.from_pretrained(hf_dir)
+    torch_model = getattr(transformers, type(model).__name__).from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        ref = torch_model(**{k: torch.tensor(v) for k, v in batch.items()})
+    ours = model.apply({"params": params}, **batch)
+    diffs = {}
+    for ours_name, hf_name in HF_OUTPUTS.items():
+        if type(model).__name__ == "BertForMaskedLM" and ours_name == "mlm_logits":
+            hf_name = "logits"
+        mine, theirs = getattr(ours, ours_name), ref.get(hf_name)
+        if mine is not None and theirs is not None:
+            diffs[ours_name] = float(np.abs(np.asarray(mine) - theirs.float().numpy()).max())
+    return diffs
+
+
+def verify(hf_dir: str, tolerance: float) -> int:
+    config = hf.read_hf_config(hf_dir)
+    batch = sample_batch(config.get("vocab_size", 30522), config.get("type_vocab_size", 2))
+    diffs = compare_with_transformers(hf_dir, batch)
+    for name, diff in diffs.items():
+        print(f"{name:20s} max abs diff {diff:.3e}")
+    worst = max(diffs.values())
+    ok = worst <= tolerance
+    print(f"{'OK' if ok else 'FAIL'}: largest difference {worst:.3e} (tolerance {tolerance:g})")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flaxft.convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("import-hf", help="Hugging Face folder -> flaxft checkpoint")
+    p.add_argument("hf_dir")
+    p.add_argument("ckpt_dir")
+    p = sub.add_parser("export-hf", help="flaxft checkpoint or workdir -> Hugging Face folder")
+    p.add_argument("ckpt")
+    p.add_argument("hf_dir")
+    p = sub.add_parser("verify", help="compare flaxft with transformers (PyTorch) on one batch")
+    p.add_argument("hf_dir")
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    args = parser.parse_args(argv)
+    if args.command == "import-hf":
+        return exit_on_input_error(lambda: import_hf(args.hf_dir, args.ckpt_dir)) or 0
+    if args.command == "export-hf":
+        return exit_on_input_error(lambda: export_hf(args.ckpt, args.hf_dir)) or 0
+    return exit_on_input_error(lambda: verify(args.hf_dir, args.tolerance))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
