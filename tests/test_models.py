@@ -1,0 +1,154 @@
+"""Model behaviour that transformers does not cover: packed segments, masked-only MLM
+logits, attention dropout, logical axis names, remat."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxft.models import ARCHITECTURES, LOGICAL_AXES, BertConfig, BertForPreTraining, init_params
+from flaxft.models.bert import attention_with_dropout, segment_positions
+from flaxft.models.layout import with_layer_layout
+
+CONFIG = BertConfig(
+    vocab_size=101, hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
+    max_position_embeddings=32, type_vocab_size=2,
+)
+
+
+def _params(model, seed=0):
+    return nn.meta.unbox(init_params(model, jax.random.key(seed)))
+
+
+def test_segment_positions_restart_in_each_segment():
+    segments = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(
+        segment_positions(segments), [[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]]
+    )
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_packed_row_gives_each_segment_its_own_outputs(scan_layers):
+    """Two sequences packed in one row (plus padding) encode exactly as each one alone."""
+    model = BertForPreTraining(CONFIG.replace(scan_layers=scan_layers))
+    params = _params(model)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(5, 101, 7), rng.integers(5, 101, 6)
+    types_a, types_b = np.r_[np.zeros(4, int), np.ones(3, int)], np.r_[np.zeros(2, int), np.ones(4, int)]
+    packed = {
+        "input_ids": np.r_[a, b, [0, 0, 0]][None],
+        "token_type_ids": np.r_[types_a, types_b, [0, 0, 0]][None],
+        "segment_ids": np.r_[np.ones(7, int), 2 * np.ones(6, int), [0, 0, 0]][None],
+    }
+    apply = jax.jit(model.apply)
+    out = apply({"params": params}, **packed)
+    for seq, types, start in ((a, types_a, 0), (b, types_b, 7)):
+        alone = apply({"params": params}, seq[None], token_type_ids=types[None])
+        got = out.last_hidden_state[0, start : start + len(seq)]
+        np.testing.assert_allclose(got, alone.last_hidden_state[0], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(
+            out.mlm_logits[0, start : start + len(seq)], alone.mlm_logits[0], rtol=0, atol=1e-5
+        )
+    # The first segment's [CLS] position is the row's pooled token.
+    alone_a = apply({"params": params}, a[None], token_type_ids=types_a[None])
+    np.testing.assert_allclose(out.pooler_output, alone_a.pooler_output, rtol=0, atol=1e-5)
+
+
+def test_masked_positions_give_the_full_logits_there():
+    model = BertForPreTraining(CONFIG)
+    params = _params(model)
+    ids = np.random.default_rng(1).integers(0, 101, (3, 16))
+    positions = np.array([[0, 5, 9, 15], [1, 2, 3, 0], [7, 7, 8, 14]])
+    full = model.apply({"params": params}, ids).mlm_logits
+    masked = model.apply({"params": params}, ids, masked_positions=positions).mlm_logits
+    assert masked.shape == (3, 4, 101)
+    np.testing.assert_allclose(masked, np.take_along_axis(np.asarray(full), positions[..., None], 1), atol=1e-6)
+
+
+def test_heads_without_mlm_refuse_masked_positions():
+    model = ARCHITECTURES["BertForSequenceClassification"](CONFIG)
+    with pytest.raises(ValueError, match="no MLM head"):
+        model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32), masked_positions=jnp.zeros((1, 1), jnp.int32))
+
+
+def test_attention_dropout_path():
+    """Without dropout the explicit softmax path equals jax.nn.dot_product_attention; with
+    it, probabilities really are dropped, reproducibly for one key."""
+    rng = np.random.default_rng(2)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 6, 4, 6)), jnp.float32) for _ in range(3))
+    mask = jnp.asarray(rng.random((2, 1, 6, 6)) > 0.3) | jnp.eye(6, dtype=bool)
+
+    def explicit(rate, key):
+        return attention_with_dropout(q, k, v, mask, rate, key)
+
+    fused = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    np.testing.assert_allclose(explicit(0.0, jax.random.key(0)), fused, rtol=0, atol=1e-6)
+    dropped = explicit(0.5, jax.random.key(0))
+    assert float(jnp.abs(dropped - fused).max()) > 1e-2
+    np.testing.assert_array_equal(dropped, explicit(0.5, jax.random.key(0)))
+    assert float(jnp.abs(dropped - explicit(0.5, jax.random.key(1))).max()) > 1e-2
+
+
+def test_training_mode_uses_dropout_and_eval_does_not():
+    model = BertForPreTraining(CONFIG)
+    params = _params(model)
+    ids = jnp.ones((2, 8), jnp.int32)
+    eval_a = model.apply({"params": params}, ids)
+    eval_b = model.apply({"params": params}, ids)
+    np.testing.assert_array_equal(eval_a.mlm_logits, eval_b.mlm_logits)
+    train = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    assert float(jnp.abs(train.mlm_logits - eval_a.mlm_logits).max()) > 1e-3
+
+
+def test_every_parameter_has_logical_axis_names():
+    for scan_layers in (False, True):
+        for name, cls in ARCHITECTURES.items():
+            model = cls(CONFIG.replace(scan_layers=scan_layers))
+            boxed = jax.eval_shape(lambda m=model: init_params(m, jax.random.key(0)))
+            leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+            for leaf in leaves:
+                assert isinstance(leaf, nn.Partitioned), name
+                assert len(leaf.names) == leaf.value.ndim and set(leaf.names) <= set(LOGICAL_AXES), leaf.names
+                assert ("layers" in leaf.names) == (scan_layers and leaf.value.ndim > 0 and leaf.names[0] == "layers")
+
+
+@pytest.mark.parametrize("remat_policy", ["full", "dots", "dots_no_batch"])
+def test_remat_and_scan_keep_gradients(remat_policy):
+    """Rematerialised and scanned layers give the unrolled layers' loss gradients."""
+    base = BertForPreTraining(CONFIG)
+    params = _params(base)
+    ids = np.random.default_rng(4).integers(0, 101, (2, 10))
+
+    def loss(model, p):
+        return jnp.mean(model.apply({"params": p}, ids).mlm_logits ** 2)
+
+    want = jax.grad(lambda p: loss(base, p))(params)
+    scanned = BertForPreTraining(CONFIG.replace(scan_layers=True, remat_policy=remat_policy))
+    got = jax.grad(lambda p: loss(scanned, p))(with_layer_layout(params, True))
+    got = with_layer_layout(got, False)
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    model = BertForPreTraining(CONFIG.replace(dtype="bfloat16"))
+    params = _params(model)
+    assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+    out = model.apply({"params": params}, jnp.ones((1, 8), jnp.int32))
+    assert out.last_hidden_state.dtype == jnp.bfloat16
+    assert out.mlm_logits.dtype == jnp.float32 and out.nsp_logits.dtype == jnp.float32
+    f32 = BertForPreTraining(CONFIG).apply({"params": params}, jnp.ones((1, 8), jnp.int32))
+    np.testing.assert_allclose(out.mlm_logits, f32.mlm_logits, atol=0.1)
+
+
+def test_config_rejects_bad_values():
+    from flaxft.errors import InputError
+
+    with pytest.raises(InputError, match="divisible"):
+        CONFIG.replace(hidden_size=25)
+    with pytest.raises(InputError, match="hidden_act"):
+        CONFIG.replace(hidden_act="swiglu")
+    with pytest.raises(InputError, match="unknown model config"):
+        BertConfig.from_dict({**CONFIG.to_dict(), "hiddn_size": 3})
+    assert BertConfig.from_dict(CONFIG.to_dict()) == CONFIG
