@@ -1,0 +1,148 @@
+"""PretrainLoader: shapes, host sharding, resume, epochs, determinism."""
+
+import numpy as np
+import pytest
+
+from flaxft.data.examples import Examples
+from flaxft.data.loader import PretrainLoader
+from flaxft.errors import InputError
+
+SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+NUM_EXAMPLES, SEQ_LEN = 20, 16
+
+
+def make_rows(num_examples=NUM_EXAMPLES, seq_len=SEQ_LEN):
+    """Rows [CLS] text [SEP] [PAD]...; token_type_ids hold the row index, which the loader
+    passes through untouched, so every batch reveals which examples it holds."""
+    rng = np.random.default_rng(0)
+    input_ids = rng.integers(5, 100, (num_examples, seq_len)).astype(np.int32)
+    lengths = rng.integers(4, seq_len + 1, num_examples)
+    real = np.arange(seq_len) < lengths[:, None]
+    input_ids[:, 0] = 2
+    input_ids[np.arange(num_examples), lengths - 1] = 3
+    input_ids[~real] = 0
+    return Examples(
+        input_ids=input_ids,
+        token_type_ids=np.repeat(np.arange(num_examples, dtype=np.int32)[:, None], seq_len, 1),
+        segment_ids=real.astype(np.int32),
+        word_starts=real & (input_ids > 4),
+        special_mask=np.isin(input_ids, [0, 2, 3]),
+        next_sentence_label=(np.arange(num_examples) % 2).astype(np.int32),
+    )
+
+
+def make_loader(examples=None, global_batch_size=4, seed=0, **options):
+    return PretrainLoader(
+        make_rows() if examples is None else examples, global_batch_size, seed,
+        vocab_size=100, special_ids=SPECIAL_IDS, **options,
+    )
+
+
+def example_indices(batch):
+    return batch["token_type_ids"][:, 0].tolist()
+
+
+def assert_batches_equal(first, second):
+    assert first.keys() == second.keys()
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+
+
+def test_batch_keys_shapes_and_dtypes():
+    examples = make_rows()
+    batch = make_loader(examples, global_batch_size=8, max_predictions=3).get_batch(0)
+    expected = {
+        "input_ids": ((8, SEQ_LEN), np.int32),
+        "attention_mask": ((8, SEQ_LEN), np.int32),
+        "token_type_ids": ((8, SEQ_LEN), np.int32),
+        "segment_ids": ((8, SEQ_LEN), np.int32),
+        "masked_positions": ((8, 3), np.int32),
+        "masked_labels": ((8, 3), np.int32),
+        "masked_weights": ((8, 3), np.float32),
+        "next_sentence_label": ((8,), np.int32),
+    }
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+    rows = example_indices(batch)
+    np.testing.assert_array_equal(batch["attention_mask"], examples.segment_ids[rows] > 0)
+    assert make_loader(examples).max_predictions == round(0.15 * SEQ_LEN)
+
+
+def test_epochs_are_permutations_reshuffled_each_epoch():
+    loader = make_loader()
+    steps_per_epoch = NUM_EXAMPLES // 4
+    stream = [example_indices(loader.get_batch(step)) for step in range(3 * steps_per_epoch)]
+    epochs = [sum(stream[e * steps_per_epoch : (e + 1) * steps_per_epoch], []) for e in range(3)]
+    for order in epochs:
+        assert sorted(order) == list(range(NUM_EXAMPLES))
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert epochs[0] == np.random.default_rng([0, 0]).permutation(NUM_EXAMPLES).tolist()
+    unshuffled = make_loader(shuffle=False)
+    assert example_indices(unshuffled.get_batch(1)) == [4, 5, 6, 7]
+    same_rows_next_epoch = unshuffled.get_batch(1 + steps_per_epoch)
+    assert example_indices(same_rows_next_epoch) == [4, 5, 6, 7]
+    first_epoch_positions = unshuffled.get_batch(1)["masked_positions"]
+    assert not np.array_equal(same_rows_next_epoch["masked_positions"], first_epoch_positions)
+
+
+def test_batches_straddle_epoch_boundaries():
+    loader = make_loader(global_batch_size=6)  # 20 is no multiple of 6
+    stream = sum((example_indices(loader.get_batch(step)) for step in range(10)), [])
+    orders = [np.random.default_rng([0, e]).permutation(NUM_EXAMPLES).tolist() for e in range(3)]
+    assert stream == sum(orders, [])[:60]
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_host_slices_concatenate_to_the_global_batch(process_count):
+    single = make_loader(global_batch_size=8, whole_word=True)
+    hosts = [
+        make_loader(
+            global_batch_size=8, whole_word=True, process_index=p, process_count=process_count
+        )
+        for p in range(process_count)
+    ]
+    for step in [0, 1, 7]:
+        local = [host.get_batch(step) for host in hosts]
+        assert all(len(batch["input_ids"]) == 8 // process_count for batch in local)
+        joined = {key: np.concatenate([batch[key] for batch in local]) for key in local[0]}
+        assert_batches_equal(joined, single.get_batch(step))
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_resume_from_state_continues_identically(prefetch):
+    original = make_loader(prefetch=prefetch)
+    for _ in range(7):
+        next(original)
+    state = original.state()
+    assert state == {"step": 7, "seed": 0, "global_batch_size": 4, "num_examples": NUM_EXAMPLES}
+    expected = [next(original) for _ in range(6)]
+    resumed = make_loader(prefetch=prefetch)
+    next(resumed)  # state elsewhere must not matter
+    resumed.restore(state)
+    for batch in expected:
+        assert_batches_equal(next(resumed), batch)
+    assert resumed.state()["step"] == 13
+    original.close()
+    resumed.close()
+
+
+def test_iteration_equals_random_access_and_seed_matters():
+    loader = make_loader(prefetch=2)
+    iterated = [next(loader) for _ in range(8)]
+    loader.close()
+    other = make_loader(prefetch=0)
+    for step, batch in enumerate(iterated):
+        assert_batches_equal(batch, other.get_batch(step))
+    reseeded = make_loader(seed=1).get_batch(0)
+    assert not all((reseeded[k] == iterated[0][k]).all() for k in iterated[0])
+
+
+def test_bad_arguments_and_mismatched_state():
+    with pytest.raises(InputError, match="global_batch_size 6 .* process count 4"):
+        make_loader(global_batch_size=6, process_count=4)
+    with pytest.raises(InputError, match="no examples"):
+        make_loader(make_rows(num_examples=0))
+    loader = make_loader()
+    with pytest.raises(InputError, match="global_batch_size=8"):
+        loader.restore({"step": 3, "seed": 0, "global_batch_size": 8, "num_examples": NUM_EXAMPLES})
+    with pytest.raises(InputError, match="seed"):
+        loader.restore({"step": 3, "seed": 5, "global_batch_size": 4, "num_examples": NUM_EXAMPLES})
