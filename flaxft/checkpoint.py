@@ -102,3 +102,55 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params(model)))
         )["params"]
     return model, params
+
+
+class TrainCheckpointer:
+    """Checkpoints of a training run in WORKDIR/checkpoints: params, optimizer state and
+    step, the data loader's position, the model record and the resolved config.
+
+    Saves are asynchronous: `save` returns once the arrays are copied off the devices and
+    the write goes on in the background; Orbax commits each step atomically.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, max_to_keep: int | None = 3):
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True)
+        self.manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, model: nn.Module, data_state: dict, config_json: dict) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state.params),
+                train_state=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+                model=ocp.args.JsonSave(model_record(model)),
+                data=ocp.args.JsonSave(data_state),
+                config=ocp.args.JsonSave(config_json),
+            ),
+        )
+
+    def restore(self, step: int, abstract_state) -> tuple[object, dict]:
+        """(state, data_state) of `step`, placed as `abstract_state`'s shardings say."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_state.params),
+                train_state=ocp.args.StandardRestore(
+                    {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
+                ),
+                data=ocp.args.JsonRestore(),
+            ),
+        )
+        train_state = restored["train_state"]
+        state = abstract_state.replace(
+            step=train_state["step"], params=restored["params"], opt_state=train_state["opt_state"]
+        )
+        return state, dict(restored["data"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

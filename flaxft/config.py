@@ -1,0 +1,143 @@
+"""The shared default config and its validation.
+
+Every config file under `configs/` is a short, commented diff against `default_config()`.
+`validate` runs before anything is compiled or written: unknown keys, wrong types and
+impossible combinations are InputErrors naming the field.
+"""
+
+import dataclasses
+import json
+
+import ml_collections
+
+from flaxft.errors import InputError
+from flaxft.models import BertConfig
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key flaxft reads, with its default. Pretraining on the offline corpus."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_train_steps = 1000
+    c.global_batch_size = 32
+    c.grad_accum_steps = 1  # microbatches per step; each holds global_batch_size / grad_accum_steps rows
+    c.seq_len = 128
+
+    c.optimizer = "adamw"  # or "lamb"
+    c.learning_rate = 1e-4
+    c.warmup_steps = 100
+    c.lr_schedule = "linear"  # after warmup: "linear" or "cosine" decay to end_learning_rate
+    c.end_learning_rate = 0.0
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-6
+    c.weight_decay = 0.01  # not applied to biases and LayerNorm parameters
+    c.grad_clip_norm = 1.0  # global-norm clipping; 0 turns it off
+
+    c.log_every_steps = 10
+    c.eval_every_steps = 200
+    c.eval_batches = 8
+    c.checkpoint_every_steps = 500
+    c.init_from = ""  # a Hugging Face folder or a flaxft checkpoint/workdir; "" = random init
+
+    c.model = ml_collections.ConfigDict(
+        {f.name: f.default for f in dataclasses.fields(BertConfig) if f.name != "id2label"}
+    )
+    c.model.classifier_dropout = ml_collections.FieldReference(None, field_type=float)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = "stdlib-docstrings"  # the offline default corpus; or files, globs, folders, HF datasets
+    c.data.text_column = "text"  # column holding the text in JSONL / Parquet / CSV / HF datasets
+    c.data.tokenizer = ""  # an HF tokenizer folder; "" = train WordPiece on the corpus into WORKDIR/tokenizer
+    c.data.format = "bert"  # "bert": sentence pairs + NSP; "roberta": full sentences packed, no NSP
+    c.data.mask_rate = 0.15
+    c.data.whole_word_masking = False
+    c.data.max_predictions_per_seq = 20
+    c.data.short_seq_prob = 0.1
+    c.data.eval_fraction = 0.02  # share of documents held out for evaluation
+    c.data.cache_dir = ""  # "" = WORKDIR/cache
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    return c
+
+
+_CHOICES = {
+    "optimizer": ("adamw", "lamb"),
+    "lr_schedule": ("linear", "cosine"),
+    "data.format": ("bert", "roberta"),
+}
+_POSITIVE = (
+    "num_train_steps", "global_batch_size", "grad_accum_steps", "seq_len", "log_every_steps",
+    "eval_every_steps", "eval_batches", "checkpoint_every_steps", "data.max_predictions_per_seq",
+)
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def model_config(config: ml_collections.ConfigDict, **changes) -> BertConfig:
+    """The BertConfig the run's `model.*` keys describe."""
+    return BertConfig.from_dict({**config.model.to_dict(), **changes})
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises InputError naming the first field whose value cannot work."""
+    defaults = default_config()
+    _check_keys_and_types(config, defaults, "")
+    for field, choices in _CHOICES.items():
+        if _get(config, field) not in choices:
+            raise InputError(f"config.{field} is {_get(config, field)!r}; expected one of {choices}")
+    for field in _POSITIVE:
+        if _get(config, field) < 1:
+            raise InputError(f"config.{field} must be positive, got {_get(config, field)}")
+    if not 0 < config.data.mask_rate < 1:
+        raise InputError(f"config.data.mask_rate must be in (0, 1), got {config.data.mask_rate}")
+    if not 0 < config.data.eval_fraction < 1:
+        raise InputError(f"config.data.eval_fraction must be in (0, 1), got {config.data.eval_fraction}")
+    model = model_config(config)
+    if config.seq_len > model.max_position_embeddings:
+        raise InputError(
+            f"config.seq_len ({config.seq_len}) is above config.model.max_position_embeddings "
+            f"({model.max_position_embeddings})"
+        )
+    if config.global_batch_size % config.grad_accum_steps:
+        raise InputError(
+            f"config.global_batch_size ({config.global_batch_size}) does not divide into "
+            f"config.grad_accum_steps ({config.grad_accum_steps}) microbatches"
+        )
+    if config.data.max_predictions_per_seq > config.seq_len:
+        raise InputError("config.data.max_predictions_per_seq is larger than config.seq_len")
+
+
+def _check_keys_and_types(config, defaults, prefix: str) -> None:
+    unknown = sorted(set(config.keys()) - set(defaults.keys()))
+    if unknown:
+        raise InputError(f"unknown config key config.{prefix}{unknown[0]}")
+    for key in defaults.keys():
+        name = f"{prefix}{key}"
+        if key not in config:
+            raise InputError(f"config.{name} is missing")
+        value, default = config[key], defaults[key]
+        if isinstance(default, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise InputError(f"config.{name} must be a group of keys, got {value!r}")
+            _check_keys_and_types(value, default, name + ".")
+        elif default is not None and value is not None and not _same_type(value, default):
+            raise InputError(f"config.{name} must be {type(default).__name__}, got {value!r}")
+
+
+def _same_type(value, default) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """The resolved config as indented JSON (what config.json in the workdir holds)."""
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,124 @@
+"""What the user sees of a run: a console progress line, metrics.jsonl, TensorBoard
+events and a loss plot. Only the writing process (process 0) writes anything."""
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to
+    TensorBoard. `active=False` (processes other than 0) makes every call a no-op."""
+
+    def __init__(self, workdir: str | os.PathLike, active: bool = True):
+        self.workdir = Path(workdir)
+        self.active = active
+        self._tb = None
+        if active:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.active:
+            return
+        record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+        with open(self.workdir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(value):
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """Every record of WORKDIR/metrics.jsonl, in order."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(workdir: str | os.PathLike) -> Path | None:
+    """Draws training loss and eval loss against step into WORKDIR/loss.png."""
+    records = read_metrics(workdir)
+    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), float)]
+    evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), float)]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(workdir) / PLOT_FILE
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class ProgressBar:
+    """One console line: bar, step, ETA, loss and tokens/s; redrawn in place on a
+    terminal, printed as plain lines otherwise (logs, CI)."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, active: bool = True, stream=None):
+        self.total, self.start = total_steps, start_step
+        self.active = active
+        self.stream = stream or sys.stdout
+        self.t0 = time.monotonic()
+        self.tty = self.stream.isatty()
+
+    def update(self, step: int, loss: float, tokens_per_sec: float) -> None:
+        if not self.active:
+            return
+        done = (step - self.start) / max(self.total - self.start, 1)
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed / done * (1 - done) if done > 0 else float("nan")
+        width = 24
+        bar = "#" * int(width * step / self.total) + "." * (width - int(width * step / self.total))
+        line = (f"[{bar}] step {step}/{self.total}  ETA {_clock(eta)}  loss {loss:.4f}  "
+                f"{tokens_per_sec:,.0f} tokens/s")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if step >= self.total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.active:
+            self.stream.write(("\n" if self.tty else "") + text + "\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"

@@ -1,0 +1,163 @@
+"""Pretraining end to end: the loop in-process on tiny configs, the CLI in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flaxft import checkpoint, metrics, train
+from flaxft import config as config_lib
+from flaxft.data import default_corpus, read_documents, train_wordpiece
+from flaxft.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """400 real documents (stdlib docstrings) as JSONL."""
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with open(path, "w") as f:
+        for doc in default_corpus()[:400]:
+            f.write(json.dumps({"text": doc}) + "\n")
+    return path
+
+
+def tiny_config(corpus: Path, **overrides):
+    config = config_lib.default_config()
+    config.update(
+        num_train_steps=30, global_batch_size=8, seq_len=32, learning_rate=5e-3, warmup_steps=5,
+        log_every_steps=5, eval_every_steps=15, eval_batches=2, checkpoint_every_steps=15,
+    )
+    config.data.update(path=str(corpus), max_predictions_per_seq=5, eval_fraction=0.05)
+    config.model.update(vocab_size=600, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def losses(workdir) -> list[float]:
+    return [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]
+
+
+def test_training_writes_every_file_and_learns(tmp_path, corpus):
+    last = train.run(tiny_config(corpus), str(tmp_path))
+    for name in ("config.json", "metrics.jsonl", "loss.png", "tokenizer/tokenizer.json"):
+        assert (tmp_path / name).is_file(), name
+    assert any((tmp_path / "tensorboard").iterdir())
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["15", "30"]
+    records = metrics.read_metrics(tmp_path)
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
+    for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "learning_rate", "grad_norm", "tokens_per_sec"):
+        assert all(key in r for r in train_records), key
+    assert [r["step"] for r in records if "eval_loss" in r] == [15, 30]
+    assert {"eval_mlm_accuracy", "eval_nsp_accuracy"} <= set(last)
+    first, final = train_records[0]["loss"], train_records[-1]["loss"]
+    assert final < first - 0.5, (first, final)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["num_train_steps"] == 30 and saved["model"]["hidden_size"] == 32
+
+
+def test_same_config_same_losses_and_finished_workdir(tmp_path, corpus, capsys):
+    config = tiny_config(corpus, num_train_steps=10, eval_every_steps=10, checkpoint_every_steps=10)
+    train.run(config, str(tmp_path / "a"))
+    train.run(config, str(tmp_path / "b"))
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert train.run(config, str(tmp_path / "a")) == {}
+    assert "already trained to step 10" in capsys.readouterr().out
+    assert len(losses(tmp_path / "a")) == 2  # the finished run wrote nothing more
+
+
+def test_gradient_accumulation_gives_the_same_steps(tmp_path, corpus):
+    common = dict(num_train_steps=6, log_every_steps=1, global_batch_size=32, eval_every_steps=6, checkpoint_every_steps=6,
+                  **{"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0})
+    train.run(tiny_config(corpus, **common), str(tmp_path / "one"))
+    train.run(tiny_config(corpus, grad_accum_steps=4, **common), str(tmp_path / "four"))
+    one, four = losses(tmp_path / "one"), losses(tmp_path / "four")
+    assert len(one) == 6
+    assert max(abs(a - b) / a for a, b in zip(one, four)) < 1e-5, (one, four)
+
+
+def test_roberta_format_trains_masked_lm_only(tmp_path, corpus):
+    last = train.run(tiny_config(corpus, num_train_steps=10, eval_every_steps=10, **{"data.format": "roberta"}),
+                     str(tmp_path))
+    assert "eval_mlm_loss" in last and "eval_nsp_loss" not in last
+    model, _ = checkpoint.load_model(tmp_path)
+    assert type(model).__name__ == "BertForMaskedLM"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seq_len": 100}, "config.seq_len (100) is above config.model.max_position_embeddings (64)"),
+        ({"global_batch_size": 6}, "config.global_batch_size (6) does not divide"),
+        ({"model.vocab_size": 777}, "has 600 tokens but config.model.vocab_size is 777"),
+        ({"optimizer": "sgd"}, "config.optimizer"),
+        ({"data.path": "/nonexistent/corpus.txt"}, "/nonexistent/corpus.txt"),
+    ],
+)
+def test_bad_config_fails_before_writing(tmp_path, corpus, change, message):
+    config = tiny_config(corpus, **change)
+    if "model.vocab_size" in change:  # a real tokenizer of another size
+        config.data.tokenizer = str(tmp_path / "tokenizer")
+        train_wordpiece(read_documents(str(corpus)), 600, config.data.tokenizer)
+    with pytest.raises(InputError) as info:
+        train.run(config, str(tmp_path / "work"))
+    assert message in str(info.value)
+    assert not (tmp_path / "work").exists()
+
+
+def run_main(*args, cwd=REPO):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "flaxft.main", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--config.num_train_stepz=3"], "num_train_stepz"),
+        (["--config.model.hidden_sise=3"], "hidden_sise"),
+        (["--config.data.path=/nowhere/at/all"], "/nowhere/at/all"),
+        (["--config.seq_len=4096"], "max_position_embeddings"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, needle):
+    work = tmp_path / "work"
+    result = run_main("--config", REPO / "configs/pretrain_tiny.py", "--workdir", work, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not work.exists()
+
+
+def test_empty_corpus_exits_2(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n  \n")
+    result = run_main("--config", REPO / "configs/pretrain_tiny.py", "--workdir", tmp_path / "work",
+                      f"--config.data.path={tmp_path / 'empty.txt'}")
+    assert result.returncode == 2 and "empty.txt" in result.stderr, result.stderr
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path):
+    """The demo's own command and config on the offline corpus, shortened."""
+    work = tmp_path / "demo"
+    result = run_main("--config", "configs/pretrain_tiny.py", "--workdir", work, "--config.num_train_steps=60",
+                      "--config.eval_every_steps=30", "--config.checkpoint_every_steps=30")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tokens/s" in result.stdout and "done: step 60" in result.stdout
+    for name in ("config.json", "metrics.jsonl", "loss.png", "tokenizer/vocab.txt", "checkpoints/60"):
+        assert (work / name).exists(), name
+    assert losses(work)[-1] < losses(work)[0]
+    again = run_main("--config", "configs/pretrain_tiny.py", "--workdir", work, "--config.num_train_steps=60")
+    assert again.returncode == 0 and "already trained to step 60" in again.stdout
