@@ -10,6 +10,7 @@ import json
 
 import ml_collections
 
+from flaxft import sharding
 from flaxft.errors import InputError
 from flaxft.models import BertConfig
 
@@ -57,7 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval_fraction = 0.02  # share of documents held out for evaluation
     c.data.cache_dir = ""  # "" = WORKDIR/cache
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh = sharding.default_mesh_config()  # data / fsdp / tensor sizes and logical-axis rules
     return c
 
 
@@ -98,6 +99,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise InputError(f"config.data.mask_rate must be in (0, 1), got {config.data.mask_rate}")
     if not 0 < config.data.eval_fraction < 1:
         raise InputError(f"config.data.eval_fraction must be in (0, 1), got {config.data.eval_fraction}")
+    sharding.logical_rules(config.mesh)
     model = model_config(config)
     if config.seq_len > model.max_position_embeddings:
         raise InputError(

@@ -121,11 +121,11 @@ def _tokenizer(config: ml_collections.ConfigDict, workdir: Path, documents: list
 
 
 def _check_batch_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-    shards = sharding.batch_size_per_shard(mesh) * config.grad_accum_steps
+    shards = sharding.batch_shards(mesh) * config.grad_accum_steps
     if config.global_batch_size % shards:
         raise InputError(
             f"config.global_batch_size ({config.global_batch_size}) does not divide evenly over "
-            f"{sharding.batch_size_per_shard(mesh)} batch shards (mesh data x fsdp) x "
+            f"{sharding.batch_shards(mesh)} batch shards (mesh data x fsdp) x "
             f"{config.grad_accum_steps} microbatches"
         )
     if config.global_batch_size % jax.process_count():
@@ -140,18 +140,22 @@ def _to_global(batch: dict[str, np.ndarray], batch_sharding) -> Batch:
     return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
 
 
-def init_train_state(model, tx, mesh, rng, seq_len: int) -> tuple[TrainState, TrainState]:
-    """(state, shardings): the state is created directly into its shardings."""
+def _init_boxed(model, tx, rng, seq_len: int) -> TrainState:
+    params = init_params(model, rng, seq_len)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    def init(rng):
-        params = init_params(model, rng, seq_len)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    abstract = jax.eval_shape(init, rng)
-    shardings = sharding.logical_shardings(abstract, mesh)
-    with mesh:
-        state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
-    return state, shardings
+def state_layout(model, tx, mesh, rules, rng, seq_len: int) -> tuple[TrainState, TrainState]:
+    """(shardings, abstract state): where every leaf of the train state lives, from
+    abstract shapes and the model's logical axis names; nothing is allocated."""
+    abstract = jax.eval_shape(functools.partial(_init_boxed, model, tx, seq_len=seq_len), rng)
+    return sharding.logical_shardings(abstract, mesh, rules), nn.meta.unbox(abstract)
+
+
+def init_train_state(model, tx, rng, seq_len: int, shardings: TrainState) -> TrainState:
+    """A fresh train state created directly into `shardings` (never whole on one device)."""
+    init = functools.partial(_init_boxed, model, tx, seq_len=seq_len)
+    return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
 
 
 # ----------------------------------------------------------------------------- loop
@@ -164,6 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     metrics.
     """
     config_lib.validate(config)
+    task = pretraining
     workdir = Path(workdir)
     is_writer = jax.process_index() == 0
     ckpt = checkpoint.TrainCheckpointer(workdir) if (workdir / checkpoint.CHECKPOINTS).is_dir() else None
@@ -182,7 +187,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         )
     special_ids = data.special_token_ids(tokenizer)
     mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.logical_rules(config.mesh)
     _check_batch_layout(config, mesh)
+    model = ARCHITECTURES[task.architecture(config.data.format)](config_lib.model_config(config))
+    tx = optim.make_optimizer(config)
+    rng = jax.random.key(config.seed)
+    abstract_boxed = jax.eval_shape(lambda: init_params(model, rng, config.seq_len))
+    param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
+    sharding.check_fsdp_layout(nn.meta.unbox(abstract_boxed), param_shardings, mesh)
 
     # Every input checked: from here on the workdir is written.
     workdir.mkdir(parents=True, exist_ok=True)
@@ -207,14 +219,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         build(split="eval"), config.global_batch_size, config.seed + 1, shuffle=False, prefetch=0, **loader_args
     )
 
-    task = pretraining
-    model = ARCHITECTURES[task.architecture(config.data.format)](config_lib.model_config(config))
     schedule = optim.learning_rate_schedule(config)
-    tx = optim.make_optimizer(config)
-    state, state_shardings = init_train_state(model, tx, mesh, jax.random.key(config.seed), config.seq_len)
+    with mesh, nn.logical_axis_rules(rules):
+        return _train(config, workdir, task, model, tx, schedule, mesh, rules, rng, ckpt, start,
+                      train_loader, eval_loader, is_writer)
+
+
+def _train(config, workdir, task, model, tx, schedule, mesh, rules, rng, ckpt, start, train_loader,
+           eval_loader, is_writer) -> dict[str, float]:
+    """The loop proper, inside the mesh and logical-rules context."""
+    state_shardings, abstract_state = state_layout(model, tx, mesh, rules, rng, config.seq_len)
     ckpt = ckpt or checkpoint.TrainCheckpointer(workdir)
-    if start is not None:
-        state, data_state = ckpt.restore(start, state)
+    if start is None:
+        state = init_train_state(model, tx, rng, config.seq_len, state_shardings)
+    else:
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings
+        )
+        state, data_state = ckpt.restore(start, target)
         train_loader.restore(data_state)
         print(f"resumed from step {start}")
 
@@ -234,11 +256,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     )
     first_batch = _to_global(train_loader.get_batch(int(state.step)), batch_sharding)
     t0 = time.monotonic()
-    with mesh:
-        step_fn = step_fn.lower(state, first_batch).compile()
+    step_fn = step_fn.lower(state, first_batch).compile()
     if is_writer:
-        print(f"{type(model).__name__}: {_count(state.params):,} parameters; mesh {dict(mesh.shape)}; "
-              f"train step compiled in {time.monotonic() - t0:.1f}s")
+        print(f"{type(model).__name__}: {_count(state.params):,} parameters; "
+              f"{sharding.describe(mesh, abstract_state, state_shardings)}")
+        print(f"train step compiled in {time.monotonic() - t0:.1f}s")
 
     writer = metrics_lib.MetricsWriter(workdir, active=is_writer)
     progress = metrics_lib.ProgressBar(config.num_train_steps, int(state.step), active=is_writer)

@@ -10,42 +10,16 @@ import pytest
 
 from flaxft import checkpoint, metrics, train
 from flaxft import config as config_lib
-from flaxft.data import default_corpus, read_documents, train_wordpiece
+from flaxft.data import read_documents, train_wordpiece
 from flaxft.errors import InputError
+from tests.tiny import losses, tiny_config, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """400 real documents (stdlib docstrings) as JSONL."""
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    with open(path, "w") as f:
-        for doc in default_corpus()[:400]:
-            f.write(json.dumps({"text": doc}) + "\n")
-    return path
-
-
-def tiny_config(corpus: Path, **overrides):
-    config = config_lib.default_config()
-    config.update(
-        num_train_steps=30, global_batch_size=8, seq_len=32, learning_rate=5e-3, warmup_steps=5,
-        log_every_steps=5, eval_every_steps=15, eval_batches=2, checkpoint_every_steps=15,
-    )
-    config.data.update(path=str(corpus), max_predictions_per_seq=5, eval_fraction=0.05)
-    config.model.update(vocab_size=600, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
-
-
-def losses(workdir) -> list[float]:
-    return [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def test_training_writes_every_file_and_learns(tmp_path, corpus):
