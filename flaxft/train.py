@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from flaxft import checkpoint, config as config_lib, data, metrics as metrics_lib, optim, sharding
 from flaxft.errors import InputError
@@ -204,6 +205,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         shutil.move(str(trained_tokenizer), workdir / "tokenizer")
     if is_writer:
         (workdir / "config.json").write_text(config_lib.to_json(config))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("workdir written")
+        print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local devices, "
+              f"loads {config.global_batch_size // jax.process_count()} of {config.global_batch_size} rows per batch")
     cache_dir = config.data.cache_dir or str(workdir / "cache")
     build = functools.partial(
         data.build_examples, documents, tokenizer, config.seq_len, config.data.format, config.seed, cache_dir,

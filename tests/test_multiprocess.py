@@ -1,0 +1,56 @@
+"""Real multi-process runs: launch/local.sh starts jax.distributed processes on this machine."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import losses, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--config.num_train_steps=6", "--config.log_every_steps=1", "--config.eval_every_steps=6",
+    "--config.checkpoint_every_steps=3", "--config.global_batch_size=8", "--config.seq_len=32",
+    "--config.learning_rate=5e-3", "--config.warmup_steps=5", "--config.eval_batches=2",
+    "--config.data.max_predictions_per_seq=5", "--config.data.eval_fraction=0.05",
+    "--config.model.vocab_size=600", "--config.model.hidden_size=32", "--config.model.num_attention_heads=2",
+    "--config.model.intermediate_size=64", "--config.model.max_position_embeddings=64",
+]
+
+
+def launch(num_processes: int, devices: int, workdir: Path, corpus: Path, log_dir: Path, *extra: str):
+    env = {**os.environ, "PYTHON": sys.executable, "FLAXFT_LOG_DIR": str(log_dir), "HF_HUB_OFFLINE": "1"}
+    args = ["--config", "configs/pretrain_tiny.py", "--workdir", str(workdir), f"--config.data.path={corpus}",
+            *TINY, *extra]
+    return subprocess.run(["bash", "launch/local.sh", str(num_processes), str(devices), "--", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path, corpus):
+    one = launch(1, 8, tmp_path / "one", corpus, tmp_path / "logs1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(2, 4, tmp_path / "two", corpus, tmp_path / "logs2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "process 0/2: 4 local devices, loads 4 of 8 rows per batch" in two.stdout
+    other = (tmp_path / "logs2" / "process_1.log").read_text()
+    assert "process 1/2: 4 local devices, loads 4 of 8 rows per batch" in other
+    assert "step 6/6" not in other  # only process 0 reports progress and writes metrics
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 6
+    assert max(abs(x - y) / x for x, y in zip(a, b)) < 1e-5, (a, b)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+
+
+@pytest.mark.slow
+def test_a_failing_process_fails_the_launch(tmp_path, corpus):
+    result = launch(2, 4, tmp_path / "w", corpus, tmp_path / "logs", "--config.mesh.data=3")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "config.mesh" in result.stderr
