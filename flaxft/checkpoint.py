@@ -22,6 +22,7 @@ from flaxft import hf
 from flaxft.errors import InputError
 from flaxft.files import new_output_dir
 from flaxft.models import ARCHITECTURES, BertConfig, init_params
+from flaxft.models.layout import adapt_params
 
 CHECKPOINTS = "checkpoints"
 TOKENIZER = "tokenizer"
@@ -105,16 +106,26 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
 
 
 class TrainCheckpointer:
-    """Checkpoints of a training run in WORKDIR/checkpoints: params, optimizer state and
-    step, the data loader's position, the model record and the resolved config.
+    """Checkpoints of a training run in WORKDIR/checkpoints: params, optimizer state,
+    step and skipped-step count, the data loader's position, the model record and the
+    resolved config.
 
     Saves are asynchronous: `save` returns once the arrays are copied off the devices and
-    the write goes on in the background; Orbax commits each step atomically.
+    the write goes on in the background. Orbax commits each step atomically (a step
+    killed mid-write stays a temporary folder, ignored and removed on the next start).
+    Retention: the newest `keep` steps, plus every multiple of `keep_every_steps` for good.
     """
 
-    def __init__(self, workdir: str | os.PathLike, max_to_keep: int | None = 3):
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True)
-        self.manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options)
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, keep_every_steps: int = 0):
+        self.root = Path(workdir).absolute() / CHECKPOINTS
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            keep_period=keep_every_steps or None,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.root, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -124,33 +135,95 @@ class TrainCheckpointer:
             step,
             args=ocp.args.Composite(
                 params=ocp.args.StandardSave(state.params),
-                train_state=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+                train_state=ocp.args.StandardSave(_train_state_item(state)),
                 model=ocp.args.JsonSave(model_record(model)),
                 data=ocp.args.JsonSave(data_state),
                 config=ocp.args.JsonSave(config_json),
             ),
         )
 
-    def restore(self, step: int, abstract_state) -> tuple[object, dict]:
-        """(state, data_state) of `step`, placed as `abstract_state`'s shardings say."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_state.params),
-                train_state=ocp.args.StandardRestore(
-                    {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
-                ),
-                data=ocp.args.JsonRestore(),
-            ),
-        )
-        train_state = restored["train_state"]
-        state = abstract_state.replace(
-            step=train_state["step"], params=restored["params"], opt_state=train_state["opt_state"]
-        )
-        return state, dict(restored["data"])
+    def restore_latest(self, target, model: nn.Module, fallback: bool):
+        """(state, data_state, step) from the newest readable step, placed as `target`'s
+        shardings say (a train state of ShapeDtypeStructs); None when there is no step.
+
+        A step written for another model config is an InputError listing the fields that
+        differ. An unreadable step (truncated or missing files) is an InputError naming
+        it, unless `fallback`: then it is set aside as `<step>.corrupt` and the step
+        before it is tried.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            path = self.root / str(step)
+            saved = self._read_model_record(step, path)
+            _check_same_model(saved, model, path)
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        params=ocp.args.StandardRestore(target.params),
+                        train_state=ocp.args.StandardRestore(_train_state_item(target)),
+                        data=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as e:  # a damaged step: Orbax/TensorStore raise many kinds
+                if not fallback:
+                    raise InputError(
+                        f"{path}: checkpoint is unreadable ({type(e).__name__}); set "
+                        "config.checkpoint.fallback=True to resume from the step before it"
+                    ) from None
+                print(f"{path}: checkpoint is unreadable ({type(e).__name__}); set aside, trying the step before")
+                if jax.process_index() == 0:
+                    os.replace(path, self.root / f"{step}.corrupt")
+                self.manager.reload()
+                continue
+            item = restored["train_state"]
+            state = target.replace(
+                step=item["step"], params=restored["params"], opt_state=item["opt_state"], skipped=item["skipped"]
+            )
+            return state, dict(restored["data"]), step
+        return None
+
+    def _read_model_record(self, step: int, path: Path) -> dict:
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+        except Exception as e:
+            raise InputError(f"{path}: checkpoint has no readable model record ({type(e).__name__})") from None
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
+
+
+# Fields that may change between a checkpoint and the run resuming it.
+_RESUMABLE_CHANGES = ("dtype", "remat_policy")
+
+
+def _check_same_model(saved: dict, model: nn.Module, path: Path) -> None:
+    """InputError listing the model config fields in which `saved` differs from `model`."""
+    want = model_record(model)
+    diffs = []
+    if saved.get("architecture") != want["architecture"]:
+        diffs.append(f"architecture {saved.get('architecture')} != {want['architecture']}")
+    for key, value in want["config"].items():
+        if key not in _RESUMABLE_CHANGES and saved.get("config", {}).get(key) != value:
+            diffs.append(f"{key} {saved.get('config', {}).get(key)!r} != {value!r}")
+    if diffs:
+        raise InputError(f"{path} was written for another model (checkpoint vs config): {'; '.join(diffs)}")
+
+
+def _train_state_item(state) -> dict:
+    return {"step": state.step, "opt_state": state.opt_state, "skipped": state.skipped}
+
+
+def load_init_params(path: str | os.PathLike, model: nn.Module, seed: int) -> dict:
+    """Parameters for a new run of `model` from `init_from`: a Hugging Face folder (has
+    config.json) or a flaxft checkpoint or workdir. Heads the source lacks start afresh;
+    shape mismatches are InputErrors naming the parameter."""
+    folder = Path(path)
+    is_flaxft = (folder / CHECKPOINTS).is_dir() or folder.name == CHECKPOINTS or (folder / "model").is_dir()
+    if (folder / "config.json").is_file() and not is_flaxft:
+        _, params = hf.from_pretrained(path)
+    else:
+        _, params = load_model(path)
+    return adapt_params(params, model, seed)

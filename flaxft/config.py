@@ -39,6 +39,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 200
     c.eval_batches = 8
     c.checkpoint_every_steps = 500
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.keep = 3  # newest checkpoints kept
+    c.checkpoint.keep_every_steps = 0  # also keep every multiple of this step for good (0: none)
+    c.checkpoint.fallback = False  # resume from the step before an unreadable newest one
+    c.on_nonfinite = "abort"  # NaN/Inf loss or gradients: "abort" (exit 1) or "skip" (drop the update)
     c.init_from = ""  # a Hugging Face folder or a flaxft checkpoint/workdir; "" = random init
 
     c.model = ml_collections.ConfigDict(
@@ -66,10 +71,12 @@ _CHOICES = {
     "optimizer": ("adamw", "lamb"),
     "lr_schedule": ("linear", "cosine"),
     "data.format": ("bert", "roberta"),
+    "on_nonfinite": ("abort", "skip"),
 }
 _POSITIVE = (
     "num_train_steps", "global_batch_size", "grad_accum_steps", "seq_len", "log_every_steps",
     "eval_every_steps", "eval_batches", "checkpoint_every_steps", "data.max_predictions_per_seq",
+    "checkpoint.keep",
 )
 
 

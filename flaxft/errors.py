@@ -3,6 +3,7 @@
 Command-line entry points catch it, print its one-line message and exit with code 2.
 """
 
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -23,6 +24,8 @@ def exit_on_input_error(fn: Callable[[], object]) -> object:
 
 
 def fail(message: str) -> NoReturn:
-    """Prints a one-line error and exits with the bad-input code."""
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
+    """Prints a one-line error and exits with the bad-input code at once: background
+    threads (Orbax, TensorStore) left by a failed read must not add their own noise."""
+    sys.stdout.flush()
+    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    os._exit(EXIT_BAD_INPUT)

@@ -26,7 +26,7 @@ from flax import traverse_util
 from flaxft.errors import InputError
 from flaxft.files import new_output_dir
 from flaxft.models import ARCHITECTURES, BertConfig, init_params
-from flaxft.models.layout import with_layer_layout
+from flaxft.models.layout import adapt_params, with_layer_layout
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +252,9 @@ def params_from_state_dict(
     config: BertConfig,
     architecture: str,
     source: str,
-    fresh_heads: dict | None = None,
 ) -> dict:
     """flaxft params (unrolled layout, param_dtype) from a Hugging Face state dict.
-
-    Missing weights are an InputError, except head weights present in `fresh_heads`
-    (freshly initialised params of the whole model), which are taken from there.
-    """
+    A missing or misshapen weight is an InputError naming it and `source`."""
     by_name: dict[str, np.ndarray] = {}
     for key, value in state.items():
         by_name.setdefault(_canonical_name(key), value)
@@ -266,16 +262,11 @@ def params_from_state_dict(
         by_name.setdefault("cls.predictions.bias", by_name.pop(_DECODER_BIAS))
 
     table = weight_table(config, architecture)
-    flat_fresh = traverse_util.flatten_dict(fresh_heads) if fresh_heads else {}
     expected = _expected_shapes(config, architecture)
     flat: dict[tuple[str, ...], jax.Array] = {}
     for w in table:
         tensor = by_name.pop(w.hf_name, None)
         if tensor is None:
-            if w.path in flat_fresh and w.path[0] != "bert":
-                log.warning("%s: no %s; initialised afresh", source, w.hf_name)
-                flat[w.path] = flat_fresh[w.path]
-                continue
             raise InputError(f"{source}: missing weight {hf_key(architecture, w.hf_name)!r}")
         want = jax.eval_shape(w.to_hf, jax.ShapeDtypeStruct(expected[w.path], jnp.float32)).shape
         if tuple(tensor.shape) != tuple(want):
@@ -319,13 +310,13 @@ def from_pretrained(
     architecture = architecture or saved_architecture
     if architecture not in ARCHITECTURES:
         raise InputError(f"{Path(path) / 'config.json'}: architecture {architecture!r} is not one of {sorted(ARCHITECTURES)}")
+    if saved_architecture not in ARCHITECTURES:
+        saved_architecture = "BertModel"  # a BERT with a head flaxft does not have: read its encoder
     state, source = read_state_dict(path)
+    params = params_from_state_dict(state, config, saved_architecture, source)
     model = ARCHITECTURES[architecture](config)
-    fresh = None
     if architecture != saved_architecture:
-        unrolled = ARCHITECTURES[architecture](config.replace(scan_layers=False))
-        fresh = nn.meta.unbox(init_params(unrolled, jax.random.key(seed)))
-    params = params_from_state_dict(state, config, architecture, source, fresh)
+        return model, adapt_params(params, model, seed)
     return model, with_layer_layout(params, config.scan_layers)
 
 

@@ -67,6 +67,9 @@ def main(argv: list[str]) -> None:
         train.run(_CONFIG.value, _WORKDIR.value)
     except InputError as e:
         fail(str(e))
+    except train.NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run() -> None:

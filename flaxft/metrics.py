@@ -17,14 +17,16 @@ class MetricsWriter:
     """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to
     TensorBoard. `active=False` (processes other than 0) makes every call a no-op."""
 
-    def __init__(self, workdir: str | os.PathLike, active: bool = True):
+    def __init__(self, workdir: str | os.PathLike, active: bool = True, purge_step: int | None = None):
+        """purge_step: on resume, the first step not yet in the checkpoint; TensorBoard
+        drops events of that step and later that the interrupted run wrote."""
         self.workdir = Path(workdir)
         self.active = active
         self._tb = None
         if active:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))
+            self._tb = SummaryWriter(str(self.workdir / TENSORBOARD_DIR), purge_step=purge_step)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
@@ -53,6 +55,17 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(workdir: str | os.PathLike, last_step: int) -> None:
+    """Drops records after `last_step` from metrics.jsonl (a resumed run writes them again),
+    so the file reads as if the run had never been interrupted."""
+    path = Path(workdir) / METRICS_FILE
+    if path.exists():
+        kept = [json.dumps(r) + "\n" for r in read_metrics(workdir) if r["step"] <= last_step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
 
 def plot_losses(workdir: str | os.PathLike) -> Path | None:

@@ -7,23 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import losses, write_corpus
+from tests.tiny import losses, tiny_flags, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--config.num_train_steps=6", "--config.log_every_steps=1", "--config.eval_every_steps=6",
-    "--config.checkpoint_every_steps=3", "--config.global_batch_size=8", "--config.seq_len=32",
-    "--config.learning_rate=5e-3", "--config.warmup_steps=5", "--config.eval_batches=2",
-    "--config.data.max_predictions_per_seq=5", "--config.data.eval_fraction=0.05",
-    "--config.model.vocab_size=600", "--config.model.hidden_size=32", "--config.model.num_attention_heads=2",
-    "--config.model.intermediate_size=64", "--config.model.max_position_embeddings=64",
-]
+STEPS = dict(num_train_steps=6, log_every_steps=1, eval_every_steps=6, checkpoint_every_steps=3)
 
 
 def launch(num_processes: int, devices: int, workdir: Path, corpus: Path, log_dir: Path, *extra: str):
     env = {**os.environ, "PYTHON": sys.executable, "FLAXFT_LOG_DIR": str(log_dir), "HF_HUB_OFFLINE": "1"}
-    args = ["--config", "configs/pretrain_tiny.py", "--workdir", str(workdir), f"--config.data.path={corpus}",
-            *TINY, *extra]
+    args = [*tiny_flags(corpus, **STEPS), "--workdir", str(workdir), *extra]
     return subprocess.run(["bash", "launch/local.sh", str(num_processes), str(devices), "--", *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

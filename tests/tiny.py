@@ -39,3 +39,20 @@ def tiny_config(corpus: Path, **overrides):
 def losses(workdir) -> list[float]:
     """The training losses a run logged, in step order."""
     return [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]
+
+
+def tiny_flags(corpus: Path, **overrides) -> list[str]:
+    """`tiny_config` as flaxft.main flags over configs/pretrain_tiny.py."""
+    config = tiny_config(corpus, **overrides)
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(config, "")
+    return ["--config", "configs/pretrain_tiny.py", *(f"--config.{k}={v}" for k, v in flat.items()
+                                                      if not k.startswith("mesh.rules") and v is not None)]

@@ -1,0 +1,272 @@
+"""Token classification (NER) on CoNLL-style records: pre-split words and one tag per word.
+
+Each record has `tokens_field` (a list of words, or a string split on whitespace) and
+`tags_field` (one tag per word: BIO/IOBES strings such as "B-PER", or integers naming a
+Hugging Face `ClassLabel`'s classes). Words are tokenized into sub-words; only the first
+sub-word of each word carries its tag (label -100 elsewhere, as Hugging Face's run_ner
+does by default), and the loss ignores the rest and the padding. Words cut off by
+truncation to seq_len get no prediction; evaluation counts them as tagged "O" (so their
+entities are missed, never silently dropped) and reports how many there were.
+
+Tags: the dataset's ClassLabel names in their order, else the training split's tags
+sorted. Batch fields: input_ids, attention_mask, token_type_ids, labels [B, L] int32
+(-100: no label) and weights [B] float32 (from the loader).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tokenizers import Tokenizer
+
+from flaxft.errors import InputError
+from flaxft.models import BertOutput
+from flaxft.tasks import metrics as metrics_lib
+from flaxft.tasks.records import (
+    Features,
+    RowLayout,
+    Split,
+    TaskData,
+    load_splits,
+    plain_tokenizer,
+    require_fields,
+    stack_rows,
+)
+
+ARCHITECTURE = "BertForTokenClassification"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+IGNORE = -100
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def build(
+    tokenizer: Tokenizer,
+    seq_len: int,
+    *,
+    train_file: str = "",
+    validation_file: str = "",
+    dataset: str = "",
+    tokens_field: str = "tokens",
+    tags_field: str = "ner_tags",
+) -> TaskData:
+    """Reads both splits, takes the tag list from the training split, prepares both."""
+    train, validation = load_splits(train_file, validation_file, dataset)
+    tags = infer_tags(train, tokens_field, tags_field)
+    options = dict(tokens_field=tokens_field, tags_field=tags_field, tags=tags)
+    train_features = prepare(train, tokenizer, seq_len, **options)
+    validation_features = prepare(validation, tokenizer, seq_len, **options) if validation else None
+    return TaskData(train_features, validation_features, num_labels=len(tags), id2label=tuple(tags))
+
+
+def infer_tags(
+    split: Split, tokens_field: str = "tokens", tags_field: str = "ner_tags"
+) -> list[str]:
+    """The tag list (index = class id): ClassLabel names, else the split's tags sorted.
+
+    Raises:
+        InputError: missing columns, integer tags without names, or no tag at all.
+    """
+    _check_columns(split, tokens_field, tags_field)
+    if tags_field in split.class_names:
+        return list(split.class_names[tags_field])
+    seen = set()
+    for index, record in enumerate(split.records):
+        for tag in _sequence(record[tags_field], split.source, tags_field, index):
+            if not isinstance(tag, str):
+                raise InputError(
+                    f"{split.source}: tag {tag!r} of record {index} is not a string, and the data "
+                    f"has no ClassLabel names for {tags_field!r}; give tags as strings like 'B-PER'"
+                )
+            seen.add(tag)
+    if not seen:
+        raise InputError(f"{split.source}: no record has any tag in {tags_field!r}")
+    return sorted(seen)
+
+
+def _check_columns(split: Split, tokens_field: str, tags_field: str) -> None:
+    if not split.records:
+        raise InputError(f"{split.source} is empty (no records)")
+    require_fields(
+        split,
+        [tokens_field, tags_field],
+        {tokens_field: "task.tokens_field", tags_field: "task.tags_field"},
+    )
+
+
+def _sequence(value: Any, source: str, field: str, index: int) -> list:
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise InputError(f"{source}: {field!r} of record {index} is not a list: {value!r}")
+
+
+def prepare(
+    split: Split | list[dict[str, Any]],
+    tokenizer: Tokenizer,
+    seq_len: int,
+    *,
+    tokens_field: str = "tokens",
+    tags_field: str = "ner_tags",
+    tags: Sequence[str],
+) -> Features:
+    """Tokenizes each record's words into one row [CLS] sub-words [SEP] (truncated to
+    seq_len), labelling the first sub-word of each word with its tag id.
+
+    Returns Features: arrays input_ids, attention_mask, token_type_ids, labels [N, L]
+    int32; host: word_index [N, L] int32 (the word whose first sub-word sits at each
+    position, else -1), words and tags (per example, as given), tag_names, source.
+
+    Raises:
+        InputError: missing columns, a tag count that differs from the word count, or a
+            tag not in `tags` (naming file, record and tag).
+    """
+    split = split if isinstance(split, Split) else Split(list(split), "records")
+    _check_columns(split, tokens_field, tags_field)
+    tags = list(tags)
+    tag_ids = {tag: i for i, tag in enumerate(tags)}
+    names = split.class_names.get(tags_field)
+    layout = RowLayout.of(tokenizer, seq_len)
+    budget = layout.budget(False)
+    words_per_example, tags_per_example = [], []
+    for index, record in enumerate(split.records):
+        words = [str(w) for w in _sequence(record[tokens_field], split.source, tokens_field, index)]
+        example_tags = _sequence(record[tags_field], split.source, tags_field, index)
+        if len(words) != len(example_tags):
+            raise InputError(
+                f"{split.source}: record {index} has {len(words)} words in {tokens_field!r} but "
+                f"{len(example_tags)} tags in {tags_field!r}"
+            )
+        if names is not None:
+            example_tags = [
+                names[t] if isinstance(t, int) and 0 <= t < len(names) else t for t in example_tags
+            ]
+        for tag in example_tags:
+            if tag not in tag_ids:
+                raise InputError(
+                    f"{split.source}: tag {tag!r} ({tags_field!r}, record {index}) is not one "
+                    f"of the training tags {tags}"
+                )
+        words_per_example.append(words)
+        tags_per_example.append(list(example_tags))
+    tokenizer = plain_tokenizer(tokenizer)
+    encodings = tokenizer.encode_batch(
+        [w if w else [""] for w in words_per_example],
+        is_pretokenized=True,
+        add_special_tokens=False,
+    )
+    rows, labels, word_index = [], [], []
+    for words, example_tags, encoding in zip(words_per_example, tags_per_example, encodings):
+        ids = encoding.ids[:budget]
+        word_ids = encoding.word_ids[:budget] if words else [None] * len(ids)
+        rows.append(layout.row(ids))
+        row_labels = np.full(seq_len, IGNORE, np.int32)
+        row_words = np.full(seq_len, -1, np.int32)
+        previous = None
+        for position, word in enumerate(word_ids, start=1):  # position 0 is [CLS]
+            if word is not None and word != previous:
+                row_labels[position] = tag_ids[example_tags[word]]
+                row_words[position] = word
+            previous = word
+        labels.append(row_labels)
+        word_index.append(row_words)
+    arrays = stack_rows(rows, seq_len)
+    arrays["labels"] = np.stack(labels)
+    host = {
+        "word_index": np.stack(word_index),
+        "words": words_per_example,
+        "tags": tags_per_example,
+        "tag_names": tuple(tags),
+        "source": split.source,
+    }
+    return Features(arrays, host)
+
+
+def evaluate(
+    outputs: dict[str, np.ndarray], features: Features
+) -> tuple[dict[str, float], list[dict]]:
+    """Entity-level precision, recall and F1 (seqeval's default, see `metrics.entity_scores`),
+    per-type F1, word accuracy, and the number of words truncation left unpredicted.
+
+    outputs: "predictions" [N, L] class ids (from `eval_outputs`) or "logits" [N, L, C].
+    Predictions, per example: {"index", "tokens", "tags", "predicted_tags"}.
+    """
+    if "predictions" in outputs:
+        predicted_ids = np.asarray(outputs["predictions"])
+    else:
+        predicted_ids = np.asarray(outputs["logits"]).argmax(-1)
+    word_index = features.host["word_index"]
+    if predicted_ids.shape != word_index.shape:
+        raise ValueError(
+            f"predictions {predicted_ids.shape} do not match the features {word_index.shape}"
+        )
+    names = features.host["tag_names"]
+    gold, predicted, predictions = [], [], []
+    correct = total = unpredicted = 0
+    for i, (words, tags) in enumerate(zip(features.host["words"], features.host["tags"])):
+        example = ["O"] * len(words)
+        positions = np.flatnonzero(word_index[i] >= 0)
+        for position in positions.tolist():
+            example[word_index[i, position]] = names[predicted_ids[i, position]]
+        unpredicted += len(words) - len(positions)
+        correct += sum(p == t for p, t in zip(example, tags))
+        total += len(words)
+        gold.append(tags)
+        predicted.append(example)
+        predictions.append({"index": i, "tokens": words, "tags": tags, "predicted_tags": example})
+    scores = metrics_lib.entity_scores(gold, predicted)
+    scores["accuracy"] = correct / total if total else 0.0
+    scores["unpredicted_words"] = float(unpredicted)
+    return scores, predictions
+
+
+# ----------------------------------------------------------------------------- device side
+
+
+def architecture() -> str:
+    """The flaxft architecture this task trains."""
+    return ARCHITECTURE
+
+
+def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: batch[k] for k in MODEL_INPUTS}
+
+
+def _token_weights(batch: dict[str, jax.Array]) -> jax.Array:
+    """[B, L]: 1 on labelled first sub-words of real rows."""
+    weights = (batch["labels"] >= 0).astype(jnp.float32)
+    if "weights" in batch:
+        weights = weights * batch["weights"][:, None]
+    return weights
+
+
+def normalizers(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Whole-batch denominator: the number of labelled tokens (at least 1)."""
+    return {"tokens": jnp.maximum(_token_weights(batch).sum(), 1.0)}
+
+
+def loss_and_metrics(
+    out: BertOutput, batch: dict[str, jax.Array], norm: dict[str, jax.Array]
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Token cross-entropy over labelled first sub-words, and token accuracy; each this
+    batch's share of the whole-batch value. out.logits [B, L, C], batch["labels"] [B, L]."""
+    labels = batch["labels"]
+    weights = _token_weights(batch)
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        out.logits.astype(jnp.float32), jnp.maximum(labels, 0)
+    )
+    loss = jnp.sum(ce * weights) / norm["tokens"]
+    correct = jnp.argmax(out.logits, -1) == labels
+    return loss, {"loss": loss, "accuracy": jnp.sum(correct * weights) / norm["tokens"]}
+
+
+def eval_outputs(out: BertOutput, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """What `evaluate` needs: predicted class ids [B, L] int32 (not the [B, L, C] logits)."""
+    return {"predictions": jnp.argmax(out.logits, -1).astype(jnp.int32)}

@@ -1,0 +1,233 @@
+"""Fault tolerance with real subprocesses and real signals: SIGKILL (also mid-save) and
+SIGTERM, then the same command again; retention; corrupt checkpoints; NaN losses;
+restoring onto another mesh; init_from."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from flaxft import checkpoint, config as config_lib, data, hf, metrics, optim, sharding, train
+from flaxft.errors import InputError
+from flaxft.models import ARCHITECTURES
+from tests.tiny import losses, tiny_config, tiny_flags, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = dict(num_train_steps=16, log_every_steps=1, eval_every_steps=16, checkpoint_every_steps=4)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def main_command(corpus, workdir, **overrides) -> list[str]:
+    return [sys.executable, "-m", "flaxft.main", *tiny_flags(corpus, **{**RUN, **overrides}), "--workdir", str(workdir)]
+
+
+def run_main(corpus, workdir, **overrides) -> subprocess.CompletedProcess:
+    return subprocess.run(main_command(corpus, workdir, **overrides), cwd=REPO, capture_output=True, text=True)
+
+
+def start_main(corpus, workdir, **overrides) -> subprocess.Popen:
+    return subprocess.Popen(main_command(corpus, workdir, **overrides), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, process, timeout=300.0, poll=0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, f"run ended first: {process.stdout.read()[-2000:]}"
+        time.sleep(poll)
+    raise AssertionError("timed out")
+
+
+def logged_step(workdir) -> int:
+    records = metrics.read_metrics(workdir) if (Path(workdir) / metrics.METRICS_FILE).exists() else []
+    return max((r["step"] for r in records), default=0)
+
+
+def steps_on_disk(workdir) -> list[int]:
+    folder = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> list[float]:
+    """Losses of the uninterrupted run."""
+    workdir = tmp_path_factory.mktemp("reference")
+    result = run_main(corpus, workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(losses(workdir)) == RUN["num_train_steps"]
+    return losses(workdir)
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, corpus, reference):
+    kill_after = random.Random().randrange(RUN["checkpoint_every_steps"] + 1, RUN["num_train_steps"] - 1)
+    process = start_main(corpus, tmp_path)
+    wait_for(lambda: logged_step(tmp_path) >= kill_after and steps_on_disk(tmp_path), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert logged_step(tmp_path) < RUN["num_train_steps"], kill_after
+    result = run_main(corpus, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed from step" in result.stdout
+    assert losses(tmp_path) == reference, f"killed after step {kill_after}"
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_async_save(tmp_path, corpus, reference):
+    process = start_main(corpus, tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    saving = lambda: checkpoints.is_dir() and any("tmp" in p.name for p in checkpoints.iterdir())  # noqa: E731
+    wait_for(saving, process, poll=0.001)
+    half_written = sorted(p.name for p in checkpoints.iterdir() if "tmp" in p.name)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert half_written and not all(p.split(".")[0] in map(str, steps_on_disk(tmp_path)) for p in half_written)
+    result = run_main(corpus, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert losses(tmp_path) == reference
+    assert not any("tmp" in p.name for p in checkpoints.iterdir())  # the half-written step was cleaned up
+    assert steps_on_disk(tmp_path) == [8, 12, 16]  # and saving that step again worked
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_0_then_resumes(tmp_path, corpus, reference):
+    process = start_main(corpus, tmp_path)
+    wait_for(lambda: logged_step(tmp_path) >= 6, process)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out
+    stopped = int(out.split("preempted: stopped at step ")[1].split(";")[0])
+    assert stopped < RUN["num_train_steps"] and stopped in steps_on_disk(tmp_path), out
+    result = run_main(corpus, tmp_path)
+    assert result.returncode == 0 and f"resumed from step {stopped}" in result.stdout, result.stdout
+    assert losses(tmp_path) == reference
+
+
+@pytest.mark.slow
+def test_retention_policy_across_restarts(tmp_path, corpus):
+    policy = {"checkpoint_every_steps": 2, "checkpoint.keep": 2, "checkpoint.keep_every_steps": 8}
+    assert run_main(corpus, tmp_path, num_train_steps=10, **policy).returncode == 0
+    assert steps_on_disk(tmp_path) == [8, 10]
+    assert run_main(corpus, tmp_path, **policy).returncode == 0
+    assert steps_on_disk(tmp_path) == [8, 14, 16]
+
+
+def _truncate_newest(workdir: Path) -> Path:
+    """Cuts every parameter data file of the newest step in half, as a full disk would."""
+    newest = workdir / "checkpoints" / str(steps_on_disk(workdir)[-1])
+    data_files = [p for p in (newest / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files
+    for file in data_files:
+        with open(file, "r+b") as f:
+            f.truncate(file.stat().st_size // 2)
+    return newest
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_with_and_without_fallback(tmp_path, corpus, reference):
+    assert run_main(corpus, tmp_path, num_train_steps=8).returncode == 0
+    newest = _truncate_newest(tmp_path)
+    result = run_main(corpus, tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert str(newest) in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = run_main(corpus, tmp_path, **{"checkpoint.fallback": True})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed from step 4" in result.stdout and (tmp_path / "checkpoints" / "8.corrupt").is_dir()
+    assert losses(tmp_path) == reference
+
+
+def test_other_model_config_is_refused(tmp_path, corpus):
+    assert run_main(corpus, tmp_path, num_train_steps=4).returncode == 0
+    result = run_main(corpus, tmp_path, **{"model.intermediate_size": 48})
+    assert result.returncode == 2, result.stderr
+    assert "intermediate_size 64 != 48" in result.stderr and "checkpoints/4" in result.stderr
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["intermediate_size"] == 64
+
+
+@pytest.mark.parametrize("mode", ["abort", "skip"])
+def test_nan_in_a_batch(tmp_path, corpus, monkeypatch, mode):
+    real_get_batch = data.PretrainLoader.get_batch
+
+    def poisoned(self, step):
+        batch = real_get_batch(self, step)
+        if step == 5 and self.shuffle:  # the training loader's sixth batch
+            batch["masked_weights"] = batch["masked_weights"] * np.nan
+        return batch
+
+    monkeypatch.setattr(data.PretrainLoader, "get_batch", poisoned)
+    config = tiny_config(corpus, **{**RUN, "num_train_steps": 8, "checkpoint_every_steps": 1, "checkpoint.keep": 10,
+                                    "on_nonfinite": mode})
+    if mode == "abort":
+        with pytest.raises(train.NonFiniteLoss, match="step 6"):
+            train.run(config, str(tmp_path))
+        assert steps_on_disk(tmp_path)[-1] == 5  # the last good state
+        return
+    train.run(config, str(tmp_path))
+    records = [r for r in metrics.read_metrics(tmp_path) if "loss" in r]
+    assert [r["skipped_steps"] for r in records] == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert np.isfinite(records[-1]["loss"])
+    five, six = (checkpoint.load_model(tmp_path / "checkpoints" / str(s))[1] for s in (5, 6))
+    jax.tree.map(np.testing.assert_array_equal, five, six)  # the poisoned update was dropped
+
+
+def test_restore_onto_another_mesh(tmp_path, corpus):
+    config = tiny_config(corpus, **{**RUN, "num_train_steps": 4, "mesh.data": 1, "mesh.fsdp": 8})
+    train.run(config, str(tmp_path))
+    saved_model, saved = checkpoint.load_model(tmp_path)  # onto one device
+    for mesh_sizes in ({"data": 2, "fsdp": 1, "tensor": 4}, {"data": 1, "fsdp": 2, "tensor": 4}):
+        other = tiny_config(corpus, **{f"mesh.{k}": v for k, v in mesh_sizes.items()})
+        mesh, rules = sharding.make_mesh(other.mesh), sharding.logical_rules(other.mesh)
+        model = ARCHITECTURES["BertForPreTraining"](config_lib.model_config(other))
+        shardings, abstract = train.state_layout(model, optim.make_optimizer(other), mesh, rules,
+                                                 jax.random.key(0), 32)
+        ckpt = checkpoint.TrainCheckpointer(tmp_path)
+        state, data_state, step = ckpt.restore_latest(train._with_shardings(abstract, shardings), model, False)
+        ckpt.close()
+        assert step == 4 and data_state["step"] == 4
+        kernel = state.params["bert"]["encoder"]["layer_0"]["mlp"]["intermediate"]["kernel"]  # [32, 64]
+        assert kernel.sharding.spec[1] == "tensor" and kernel.addressable_shards[0].data.shape[1] == 16
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), saved)
+    assert type(saved_model).__name__ == "BertForPreTraining"
+
+
+def test_init_from_each_source(tmp_path, corpus, minilm_dir):
+    # A flaxft workdir: parameters come over, the new run starts at step 0.
+    source = tmp_path / "source"
+    train.run(tiny_config(corpus, **{**RUN, "num_train_steps": 2}), str(source))
+    _, source_params = checkpoint.load_model(source)
+    model = ARCHITECTURES["BertForMaskedLM"](config_lib.model_config(tiny_config(corpus)))
+    params = checkpoint.load_init_params(str(source), model, seed=0)
+    assert "nsp" not in params and "pooler" not in params["bert"]
+    np.testing.assert_array_equal(params["mlm"]["bias"], source_params["mlm"]["bias"])
+    train.run(tiny_config(corpus, **{**RUN, "num_train_steps": 2, "init_from": str(source)}), str(tmp_path / "new"))
+    assert [r["step"] for r in metrics.read_metrics(tmp_path / "new") if "loss" in r] == [1, 2]
+
+    # A Hugging Face folder (the real MiniLM): its encoder, fresh MLM and NSP heads.
+    hf_config = json.loads((minilm_dir / "config.json").read_text())
+    big = tiny_config(corpus, **{f"model.{k}": hf_config[k] for k in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "max_position_embeddings")})
+    model = ARCHITECTURES["BertForPreTraining"](config_lib.model_config(big))
+    params = checkpoint.load_init_params(str(minilm_dir), model, seed=0)
+    _, minilm = hf.from_pretrained(minilm_dir)
+    jax.tree.map(np.testing.assert_array_equal, params["bert"], minilm["bert"])
+    assert params["mlm"]["transform"]["kernel"].shape == (384, 384)
+
+    # Shapes that do not fit: a clear error naming the parameter.
+    wide = ARCHITECTURES["BertForPreTraining"](config_lib.model_config(tiny_config(corpus, **{"model.hidden_size": 48})))
+    with pytest.raises(InputError, match=r"bert/embeddings/LayerNorm/bias has shape \(32,\) .* needs \(48,\)"):
+        checkpoint.load_init_params(str(source), wide, seed=0)
