@@ -93,12 +93,19 @@ def tokenizer_dir_of(path: str | os.PathLike) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """(model, params) from a flaxft checkpoint, as saved."""
+def model_of(path: str | os.PathLike) -> nn.Module:
+    """The model a flaxft checkpoint holds (its record only; no arrays are read)."""
     root, step = locate(path)
     with ocp.CheckpointManager(root) as manager:
         record = manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
-        model = model_from_record(record, str(root / str(step)))
+    return model_from_record(record, str(root / str(step)))
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """(model, params) from a flaxft checkpoint, as saved."""
+    root, step = locate(path)
+    model = model_of(path)
+    with ocp.CheckpointManager(root) as manager:
         params = manager.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params(model)))
         )["params"]

@@ -63,6 +63,26 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval_fraction = 0.02  # share of documents held out for evaluation
     c.data.cache_dir = ""  # "" = WORKDIR/cache
 
+    c.task = ml_collections.ConfigDict()
+    c.task.name = "pretraining"  # or a fine-tuning task: "classification", "ner", "qa"
+    c.task.train_file = ""  # CSV / TSV / JSON / JSONL / Parquet, or a save_to_disk folder
+    c.task.validation_file = ""
+    c.task.dataset = ""  # a Hugging Face dataset "name" or "name:config", e.g. "glue:sst2"
+    c.task.epochs = 0.0  # > 0: num_train_steps = epochs x training rows / global_batch_size
+    c.task.text_fields = ""  # classification: one or two columns, comma separated ("" = dataset default)
+    c.task.label_field = "label"
+    c.task.pack = False  # classification: several short examples per row (needs per-segment pooling)
+    c.task.max_segments = 16
+    c.task.tokens_field = "tokens"  # NER: pre-split words and their BIO tags
+    c.task.tags_field = "ner_tags"
+    c.task.question_field = "question"  # QA, SQuAD layout
+    c.task.context_field = "context"
+    c.task.answers_field = "answers"
+    c.task.doc_stride = 128  # QA: tokens shared by consecutive windows of a long context
+    c.task.max_query_length = 64
+    c.task.max_answer_length = 30
+    c.task.n_best_size = 20
+
     c.mesh = sharding.default_mesh_config()  # data / fsdp / tensor sizes and logical-axis rules
     return c
 
@@ -72,6 +92,7 @@ _CHOICES = {
     "lr_schedule": ("linear", "cosine"),
     "data.format": ("bert", "roberta"),
     "on_nonfinite": ("abort", "skip"),
+    "task.name": ("pretraining", "classification", "ner", "qa"),
 }
 _POSITIVE = (
     "num_train_steps", "global_batch_size", "grad_accum_steps", "seq_len", "log_every_steps",

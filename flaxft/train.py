@@ -179,10 +179,12 @@ class Run:
     tx: optax.GradientTransformation
     mesh: jax.sharding.Mesh
     rules: tuple
-    train_loader: data.PretrainLoader
-    eval_loader: data.PretrainLoader
+    train_loader: Any  # PretrainLoader or FinetuneLoader: get_batch, next, state, restore, close
+    eval_loader: Any
+    eval_step: Any  # (params, batch) -> device outputs; pure, jitted by the loop
+    evaluate: Any  # (outputs_of: batch index -> host outputs) -> eval_ metrics; process 0 may write files
     init_params: Any  # from config.init_from, or None
-    new_tokenizer: Path | None  # trained now, to be moved into the workdir
+    tokenizer_dir: Path | None  # copied into WORKDIR/tokenizer when it is not there yet
 
     @property
     def is_writer(self) -> bool:
@@ -215,9 +217,18 @@ def _check_batch_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
         )
 
 
+def layout(config: ml_collections.ConfigDict, model: nn.Module) -> tuple[jax.sharding.Mesh, tuple]:
+    """The mesh and logical rules, checked against the batch size and the model's FSDP layout."""
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
+    _check_batch_layout(config, mesh)
+    abstract_boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(config.seed), config.seq_len))
+    sharding.check_fsdp_layout(nn.meta.unbox(abstract_boxed), sharding.logical_shardings(abstract_boxed, mesh, rules), mesh)
+    return mesh, rules
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: Path, resuming: bool) -> Run:
-    """Reads and checks every input (config, corpus, tokenizer, mesh, init_from) and builds
-    the run. Raises InputError on bad input; writes nothing in the workdir."""
+    """Reads and checks every input of a pretraining run (config, corpus, tokenizer, mesh,
+    init_from) and builds it. Raises InputError on bad input; writes nothing."""
     task = pretraining
     documents = data.read_documents(config.data.path, config.data.text_column)
     tokenizer, new_tokenizer = _tokenizer(config, workdir, documents)
@@ -225,11 +236,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, resuming: bool) ->
     if vocab != config.model.vocab_size:
         source = config.data.tokenizer or "the tokenizer trained on the corpus"
         raise InputError(f"{source} has {vocab} tokens but config.model.vocab_size is {config.model.vocab_size}")
-    mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
-    _check_batch_layout(config, mesh)
     model = ARCHITECTURES[task.architecture(config.data.format)](config_lib.model_config(config))
-    abstract_boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(config.seed), config.seq_len))
-    sharding.check_fsdp_layout(nn.meta.unbox(abstract_boxed), sharding.logical_shardings(abstract_boxed, mesh, rules), mesh)
+    mesh, rules = layout(config, model)
     params = None
     if config.init_from and not resuming:
         params = checkpoint.load_init_params(config.init_from, model, config.seed)
@@ -244,13 +252,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, resuming: bool) ->
         max_predictions=config.data.max_predictions_per_seq, whole_word=config.data.whole_word_masking,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
+    eval_loader = data.PretrainLoader(
+        build(split="eval"), config.global_batch_size, config.seed + 1, shuffle=False, prefetch=0, **loader_args
+    )
     return Run(
         config=config, workdir=workdir, task=task, model=model, tx=optim.make_optimizer(config), mesh=mesh,
-        rules=rules, init_params=params, new_tokenizer=new_tokenizer,
+        rules=rules, init_params=params, tokenizer_dir=new_tokenizer,
         train_loader=data.PretrainLoader(build(split="train"), config.global_batch_size, config.seed, **loader_args),
-        eval_loader=data.PretrainLoader(
-            build(split="eval"), config.global_batch_size, config.seed + 1, shuffle=False, prefetch=0, **loader_args
-        ),
+        eval_loader=eval_loader,
+        eval_step=functools.partial(eval_step, model=model, task=task),
+        evaluate=functools.partial(mean_metrics, num_batches=config.eval_batches),
     )
 
 
@@ -258,8 +269,8 @@ def _write_workdir(run: Run) -> None:
     """The run's own files: config.json and a newly trained tokenizer (process 0)."""
     run.workdir.mkdir(parents=True, exist_ok=True)
     if run.is_writer:
-        if run.new_tokenizer is not None:
-            shutil.move(str(run.new_tokenizer), run.workdir / "tokenizer")
+        if run.tokenizer_dir is not None and not (run.workdir / "tokenizer").exists():
+            shutil.copytree(run.tokenizer_dir, run.workdir / "tokenizer")
         (run.workdir / "config.json").write_text(config_lib.to_json(run.config))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("workdir written")
@@ -269,7 +280,8 @@ def _write_workdir(run: Run) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Pretrains as `config` says, in `workdir`, resuming from its newest checkpoint.
+    """Trains as `config` says (pretraining, or fine-tuning when config.task.name names a
+    task), in `workdir`, resuming from its newest checkpoint.
 
     Checks every input before compiling or writing anything. Returns the last logged
     metrics ({} when the workdir had already finished). Raises InputError on bad input,
@@ -277,17 +289,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """
     config_lib.validate(config)
     workdir = Path(workdir)
-    ckpt_config = config.checkpoint
-    ckpt = None
-    if (workdir / checkpoint.CHECKPOINTS).is_dir():
-        ckpt = checkpoint.TrainCheckpointer(workdir, ckpt_config.keep, ckpt_config.keep_every_steps)
-        latest = ckpt.latest_step()
-        if latest is not None and latest >= config.num_train_steps:
-            print(f"{workdir}: already trained to step {latest} of {config.num_train_steps}; nothing to do")
-            ckpt.close()
-            return {}
-    prepared = prepare(config, workdir, resuming=ckpt is not None and ckpt.latest_step() is not None)
-    ckpt = ckpt or checkpoint.TrainCheckpointer(workdir, ckpt_config.keep, ckpt_config.keep_every_steps)
+    keep, keep_every = config.checkpoint.keep, config.checkpoint.keep_every_steps
+    has_checkpoints = (workdir / checkpoint.CHECKPOINTS).is_dir()
+    ckpt = checkpoint.TrainCheckpointer(workdir, keep, keep_every) if has_checkpoints else None
+    resuming = ckpt is not None and ckpt.latest_step() is not None
+    if config.task.name == "pretraining":
+        prepared = prepare(config, workdir, resuming)
+    else:
+        from flaxft import finetune
+
+        prepared = finetune.prepare(config, workdir, resuming)  # may set num_train_steps from task.epochs
+    if resuming and ckpt.latest_step() >= config.num_train_steps:
+        print(f"{workdir}: already trained to step {ckpt.latest_step()} of {config.num_train_steps}; nothing to do")
+        prepared.train_loader.close()
+        ckpt.close()
+        return {}
+    ckpt = ckpt or checkpoint.TrainCheckpointer(workdir, keep, keep_every)
     try:
         with prepared.mesh, nn.logical_axis_rules(prepared.rules):
             result = _train(prepared, ckpt)
@@ -327,8 +344,7 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer) -> dict[str, float]:
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
-    eval_fn = jax.jit(functools.partial(eval_step, model=model, task=run.task),
-                      in_shardings=(state_shardings.params, batch_sharding))
+    eval_fn = jax.jit(run.eval_step, in_shardings=(state_shardings.params, batch_sharding))
     to_global = functools.partial(_to_global, batch_sharding=batch_sharding)
     t0 = time.monotonic()
     step_fn = step_fn.lower(state, to_global(run.train_loader.get_batch(start))).compile()
@@ -353,7 +369,9 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer) -> dict[str, float]:
                 stop = preemption.stop_at(done)
                 if done % config.eval_every_steps == 0 or final:
                     log.flush()
-                    eval_scalars = evaluate(eval_fn, state.params, run.eval_loader, config.eval_batches, to_global)
+                    eval_scalars = run.evaluate(
+                        lambda i, params=state.params: _fetch(eval_fn(params, to_global(run.eval_loader.get_batch(i))))
+                    )
                     writer.write(done, eval_scalars)
                     progress.message(f"eval step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in eval_scalars.items()))
                     log.last.update(eval_scalars)
@@ -381,6 +399,7 @@ class _MetricsReader:
     def __init__(self, config, writer, progress, start: int):
         self.config, self.writer, self.progress = config, writer, progress
         self.tokens_per_step = config.global_batch_size * config.seq_len
+        self.first_step = start + 1  # logged too, so the starting loss shows at once
         self.pending = None
         self.last: dict[str, float] = {}  # the newest logged metrics
         self.restart_clock(start)
@@ -391,9 +410,11 @@ class _MetricsReader:
     def dispatched(self, step: int, device_metrics) -> None:
         """Called right after `step` is dispatched: reads the previous step's metrics."""
         self.flush()
-        logged = step % self.config.log_every_steps == 0 or step == self.config.num_train_steps
-        if logged or self.config.on_nonfinite == "abort":  # abort mode checks every step
+        if self._logged(step) or self.config.on_nonfinite == "abort":  # abort mode checks every step
             self.pending = (step, device_metrics)
+
+    def _logged(self, step: int) -> bool:
+        return step % self.config.log_every_steps == 0 or step in (self.first_step, self.config.num_train_steps)
 
     def flush(self) -> None:
         """Reads the pending step's metrics, if any; raises NonFiniteLoss in abort mode."""
@@ -405,7 +426,7 @@ class _MetricsReader:
         if scalars.pop("nonfinite") and self.config.on_nonfinite == "abort":
             raise NonFiniteLoss(f"loss or gradients not finite at step {step} (loss {scalars['loss']}); "
                                 "the newest checkpoint is from before it")
-        if step % self.config.log_every_steps and step != self.config.num_train_steps:
+        if not self._logged(step):
             return
         now = time.monotonic()
         scalars["tokens_per_sec"] = self.tokens_per_step * (step - self.clock_step) / max(now - self.clock_time, 1e-9)
@@ -420,12 +441,17 @@ def _to_global(batch: dict[str, np.ndarray], batch_sharding) -> Batch:
     return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
 
 
-def evaluate(eval_fn, params, loader, num_batches: int, to_global) -> dict[str, float]:
-    """Mean of the task's metrics over the first `num_batches` batches of `loader`, keys
+def _fetch(tree):
+    """Device outputs -> numpy on every process (batch-split arrays gathered whole)."""
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def mean_metrics(outputs_of, num_batches: int) -> dict[str, float]:
+    """Mean of per-batch metric dicts over the first `num_batches` eval batches, keys
     prefixed with `eval_`."""
     totals: dict[str, float] = {}
     for i in range(num_batches):
-        for k, v in jax.device_get(eval_fn(params, to_global(loader.get_batch(i)))).items():
+        for k, v in outputs_of(i).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return {f"eval_{k}": v / num_batches for k, v in totals.items()}
 

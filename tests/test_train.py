@@ -30,7 +30,7 @@ def test_training_writes_every_file_and_learns(tmp_path, corpus):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["15", "30"]
     records = metrics.read_metrics(tmp_path)
     train_records = [r for r in records if "loss" in r]
-    assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in train_records] == [1, 5, 10, 15, 20, 25, 30]
     for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "learning_rate", "grad_norm", "tokens_per_sec"):
         assert all(key in r for r in train_records), key
     assert [r["step"] for r in records if "eval_loss" in r] == [15, 30]
@@ -48,7 +48,7 @@ def test_same_config_same_losses_and_finished_workdir(tmp_path, corpus, capsys):
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     assert train.run(config, str(tmp_path / "a")) == {}
     assert "already trained to step 10" in capsys.readouterr().out
-    assert len(losses(tmp_path / "a")) == 2  # the finished run wrote nothing more
+    assert len(losses(tmp_path / "a")) == 3  # steps 1, 5, 10; the finished run wrote nothing more
 
 
 def test_gradient_accumulation_gives_the_same_steps(tmp_path, corpus):

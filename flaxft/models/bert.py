@@ -302,6 +302,7 @@ class BertModule(nn.Module):
         position_ids_BL: Array | None = None,
         segment_ids_BL: Array | None = None,
         deterministic: bool = True,
+        cls_positions_BK: Array | None = None,
     ) -> BertOutput:
         """Encodes a batch.
 
@@ -310,7 +311,9 @@ class BertModule(nn.Module):
         token_type_ids_BL: [B, L] (default 0). position_ids_BL: [B, L] (default: 0..L-1,
         restarting at 0 in each segment). segment_ids_BL: [B, L] ids of sequences packed
         into one row (0 = padding); tokens attend only within their own segment.
-        Returns last_hidden_state [B, L, D] and pooler_output [B, D].
+        cls_positions_BK: [B, K] positions of each packed segment's first token; the pooler
+        then pools each of them (pooler_output [B, K, D]).
+        Returns last_hidden_state [B, L, D] and pooler_output [B, D] (or [B, K, D]).
         """
         if attention_mask_BL is None:
             attention_mask_BL = (
@@ -327,8 +330,15 @@ class BertModule(nn.Module):
         x_BLD = self.embeddings(input_ids_BL, token_type_ids_BL, position_ids_BL, deterministic)
         mask_B1LL = attention_mask_B1LL(attention_mask_BL, segment_ids_BL)
         x_BLD = self.encoder(x_BLD, mask_B1LL, deterministic)
-        pooled_BD = jnp.tanh(self.pooler(x_BLD[:, 0])) if self.add_pooling_layer else None
-        return BertOutput(last_hidden_state=x_BLD, pooler_output=pooled_BD)
+        if not self.add_pooling_layer:
+            if cls_positions_BK is not None:
+                raise ValueError("cls_positions needs a model with a pooler")
+            return BertOutput(last_hidden_state=x_BLD)
+        if cls_positions_BK is None:
+            first_BD = x_BLD[:, 0]
+        else:
+            first_BD = jnp.take_along_axis(x_BLD, cls_positions_BK[:, :, None], axis=1)  # [B, K, D]
+        return BertOutput(last_hidden_state=x_BLD, pooler_output=jnp.tanh(self.pooler(first_BD)))
 
     def attend(self, x_BMD: Array) -> Array:
         """Scores against the word embeddings (the tied MLM decoder). [B, M, V]."""

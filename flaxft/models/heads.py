@@ -72,6 +72,7 @@ class _BertWithHead(nn.Module):
         segment_ids: Array | None = None,
         masked_positions: Array | None = None,
         deterministic: bool = True,
+        cls_positions: Array | None = None,
     ) -> BertOutput:
         """Encodes input_ids [B, L] and applies the head.
 
@@ -79,8 +80,12 @@ class _BertWithHead(nn.Module):
         `BertModule.__call__`. masked_positions [B, M]: MLM heads score the vocabulary
         only there (mlm_logits [B, M, V]); without it, at every position ([B, L, V]).
         deterministic: False turns dropout on (needs a "dropout" rng).
+        cls_positions [B, K]: first token of each packed segment; heads on the pooler then
+        give one output per segment (sequence classification: logits [B, K, num_labels]).
         """
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, segment_ids, deterministic)
+        out = self.bert(
+            input_ids, attention_mask, token_type_ids, position_ids, segment_ids, deterministic, cls_positions
+        )
         return self.head(out, masked_positions, deterministic)
 
     def head(self, out: BertOutput, masked_positions: Array | None, deterministic: bool) -> BertOutput:
@@ -131,7 +136,8 @@ class BertForMaskedLM(_BertWithHead):
 
 
 class BertForSequenceClassification(_BertWithHead):
-    """Classifier on the pooled first token: logits [B, num_labels] (regression if 1 label)."""
+    """Classifier on the pooled first token: logits [B, num_labels] (regression if 1 label),
+    or [B, K, num_labels] for K packed segments per row."""
 
     def setup_head(self):
         self.setup_classifier()
