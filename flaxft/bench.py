@@ -4,7 +4,7 @@
         [--config.global_batch_size=8 ...] [--what train|data|all]
 
 `--what train` (default) runs `flaxft.train.train_step`, jitted as `flaxft.train.run` jits
-it (mesh from `sharding.make_mesh`, the config's logical-axis rules, state laid out by
+it (mesh and logical-axis rules from `train.layout`, state laid out by
 `train.state_layout` and created by `train.init_train_state`, explicit in/out shardings,
 state donated), on a synthetic full-length batch of the config's shape:
 global_batch_size rows of seq_len real tokens, max_predictions_per_seq masked positions
@@ -212,14 +212,13 @@ def bench_train(config, steps: int, warmup: int, matmul_size: int = 2048) -> dic
     config_lib.validate(config)
     if config.data.max_predictions_per_seq >= config.seq_len:
         raise InputError("config.data.max_predictions_per_seq must be below config.seq_len ([CLS] is never masked)")
+    if config.task.name != "pretraining":
+        raise InputError(f"config.task.name is {config.task.name!r}: flaxft.bench measures pretraining configs")
     # What flaxft.train.run does before its loop, minus data and checkpoints.
-    mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.logical_rules(config.mesh)
-    train._check_batch_layout(config, mesh)
     model_config = config_lib.model_config(config)
     task = pretraining
     model = ARCHITECTURES[task.architecture(config.data.format)](model_config)
-    schedule = optim.learning_rate_schedule(config)
+    mesh, rules = train.layout(config, model)
     tx = optim.make_optimizer(config)
     rng = jax.random.key(config.seed)
     with mesh, nn.logical_axis_rules(rules):
@@ -232,15 +231,7 @@ def bench_train(config, steps: int, warmup: int, matmul_size: int = 2048) -> dic
         local_rows = config.global_batch_size // jax.process_count()
         host_batch = synthetic_batch(config, local_rows, seed=config.seed + jax.process_index())
         batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in host_batch.items()}
-        step_fn = jax.jit(
-            functools.partial(
-                train.train_step, model=model, tx=tx, task=task, schedule=schedule, seed=config.seed,
-                grad_accum_steps=config.grad_accum_steps,
-            ),
-            in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, None),
-            donate_argnums=0,
-        )
+        step_fn = train.jit_train_step(config, model, tx, task, state_shardings, batch_sharding)
         started = time.perf_counter()
         compiled = step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - started

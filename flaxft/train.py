@@ -161,6 +161,16 @@ def init_train_state(model, tx, rng, seq_len: int, shardings: TrainState, params
     return TrainState(step=step, params=params, opt_state=opt_state, skipped=skipped)
 
 
+def jit_train_step(config, model, tx, task, state_shardings, batch_sharding):
+    """`train_step` for this config, jitted with explicit shardings and the state donated."""
+    step = functools.partial(
+        train_step, model=model, tx=tx, task=task, schedule=optim.learning_rate_schedule(config), seed=config.seed,
+        grad_accum_steps=config.grad_accum_steps, skip_nonfinite=config.on_nonfinite == "skip",
+    )
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+                   donate_argnums=0)
+
+
 def _with_shardings(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
@@ -333,17 +343,8 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer) -> dict[str, float]:
     if run.is_writer:  # what an interrupted run logged past its newest checkpoint is logged again
         metrics_lib.truncate_metrics(run.workdir, start)
 
-    schedule = optim.learning_rate_schedule(config)
     batch_sharding = sharding.batch_sharding(run.mesh)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step, model=model, tx=run.tx, task=run.task, schedule=schedule, seed=config.seed,
-            grad_accum_steps=config.grad_accum_steps, skip_nonfinite=config.on_nonfinite == "skip",
-        ),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, None),
-        donate_argnums=0,
-    )
+    step_fn = jit_train_step(config, model, run.tx, run.task, state_shardings, batch_sharding)
     eval_fn = jax.jit(run.eval_step, in_shardings=(state_shardings.params, batch_sharding))
     to_global = functools.partial(_to_global, batch_sharding=batch_sharding)
     t0 = time.monotonic()

@@ -3,7 +3,6 @@ SIGTERM, then the same command again; retention; corrupt checkpoints; NaN losses
 restoring onto another mesh; init_from."""
 
 import json
-import os
 import random
 import signal
 import subprocess

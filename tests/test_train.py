@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from flaxft import checkpoint, metrics, train
-from flaxft import config as config_lib
 from flaxft.data import read_documents, train_wordpiece
 from flaxft.errors import InputError
 from tests.tiny import losses, tiny_config, write_corpus

@@ -12,3 +12,18 @@ from flaxft.models.heads import (
     BertModel,
     init_params,
 )
+
+__all__ = [
+    "ARCHITECTURES",
+    "LOGICAL_AXES",
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForPreTraining",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertModel",
+    "BertModule",
+    "BertOutput",
+    "init_params",
+]

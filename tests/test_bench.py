@@ -1,0 +1,152 @@
+"""`python -m flaxft.bench`: the model-FLOP count, the peak table and the CLI.
+
+(That masked-only MLM logits equal the full logits at those positions is in test_models.)
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.extend import core as jax_core
+
+from flaxft import bench
+from flaxft.data import default_corpus
+from flaxft.models import BertConfig, BertForMaskedLM, BertForPreTraining, init_params
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = BertConfig(
+    vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+    max_position_embeddings=16,
+)
+
+
+def test_flops_match_a_hand_count():
+    # D=16, F=24, V=50, 2 layers; B=3 rows of L=8 tokens, M=2 predictions per row.
+    # Per token per layer: q, k, v, out 4*16*16 = 1024 weights, MLP 2*16*24 = 768:
+    # 6 * 1792 = 10752; attention 3 (fwd+bwd) * 2 (QK^T, PV) * 2 * 8 * 16 = 1536.
+    encoder = 3 * 8 * 2 * (10752 + 1536)  # 589,824
+    mlm = 3 * 2 * 6 * (16 * 16 + 16 * 50)  # transform + tied decoder at 6 positions: 38,016
+    nsp = 3 * 6 * (16 * 16 + 16 * 2)  # pooler + NSP per row: 5,184
+    assert bench.model_flops_per_step(SMALL, 3, 8, 2, with_nsp=True) == encoder + mlm + nsp == 633_024
+    assert bench.model_flops_per_step(SMALL, 3, 8, 2, with_nsp=False) == encoder + mlm
+    # The peer's full-vocabulary head is M = L.
+    assert bench.model_flops_per_step(SMALL, 3, 8, 8, True) == encoder + 3 * 8 * 6 * (16 * 16 + 16 * 50) + nsp
+
+
+def _dot_flops(jaxpr) -> int:
+    """2 x multiply-adds of every dot_general in a jaxpr, nested jaxprs included (scan
+    bodies times their length)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
+            lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+            free = [d for i, d in enumerate(rhs) if i not in rhs_contract and i not in rhs_batch]
+            total += 2 * math.prod(lhs) * math.prod(free)
+        times = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jax_core.ClosedJaxpr):
+                    total += times * _dot_flops(sub.jaxpr)
+                elif isinstance(sub, jax_core.Jaxpr):
+                    total += times * _dot_flops(sub)
+    return total
+
+
+@pytest.mark.parametrize(
+    "architecture, with_nsp, scan_layers, masked",
+    [(BertForPreTraining, True, False, True), (BertForPreTraining, True, True, False),
+     (BertForMaskedLM, False, True, True)],
+)
+def test_flops_equal_the_matmuls_jax_differentiates(architecture, with_nsp, scan_layers, masked):
+    """The formula counts exactly the dot_general FLOPs of the model's gradient, dropout on."""
+    batch, length, predictions = 3, 8, 2
+    model = architecture(SMALL.replace(scan_layers=scan_layers))
+    params = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0), length)))
+    ids = jnp.ones((batch, length), jnp.int32)
+    positions = jnp.tile(jnp.arange(1, predictions + 1), (batch, 1)) if masked else None
+
+    def loss(params):
+        out = model.apply({"params": params}, ids, masked_positions=positions, deterministic=False,
+                          rngs={"dropout": jax.random.key(1)})
+        return out.mlm_logits.sum() + (out.nsp_logits.sum() if with_nsp else 0.0)
+
+    counted = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+    m = predictions if masked else length
+    assert counted == bench.model_flops_per_step(SMALL, batch, length, m, with_nsp)
+
+
+@pytest.mark.parametrize(
+    "kind, peak",
+    [("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5p", 459e12), ("TPU v6 lite", 918e12),
+     ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-40GB", 312e12),
+     ("cpu", None)],
+)
+def test_published_peaks(kind, peak):
+    assert bench.published_peak_flops(kind) == peak
+
+
+def _bench(*args, cwd=REPO):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "flaxft.bench", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_cli_runs_the_train_step_and_the_loader(tmp_path):
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in default_corpus()[:300]))
+    result = _bench(
+        "--config", REPO / "configs/pretrain_tiny.py", "--what", "all", "--steps", 2, "--warmup", 1,
+        "--data_batches", 5, "--peak_matmul_size", 128,
+        "--config.global_batch_size=8", "--config.seq_len=32", "--config.data.max_predictions_per_seq=5",
+        f"--config.data.path={corpus}", "--config.model.vocab_size=600", "--config.model.hidden_size=32",
+        "--config.model.intermediate_size=64", "--config.model.max_position_embeddings=64",
+        "--config.model.num_hidden_layers=1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    out = json.loads(lines[-1])
+    for field in bench._JSON_FIELDS:
+        assert field in out, field
+    assert out["device_count"] == jax.device_count() == 8  # conftest's simulated devices
+    assert out["device_kind"] == "cpu" and out["device_mem_gb"] is None
+    assert out["peak_flops_source"] == bench.PEAK_MEASURED and out["peak_flops_per_device"] > 0
+    config = BertConfig(vocab_size=600, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    assert out["model_flops_per_step"] == bench.model_flops_per_step(config, 8, 32, 5, with_nsp=True)
+    assert out["model_flops_per_token"] == out["model_flops_per_step"] / (8 * 32)
+    assert len(out["step_times_s"]) == 2 and out["step_time_s"] > 0
+    assert out["tokens_per_sec"] == pytest.approx(8 * 32 / out["step_time_s"])
+    assert 0 < out["mfu"] and 0 < out["mfu_cpu_time"]
+    assert out["compile_s"] > 0 and out["peak_host_mem_gb"] > 0.1
+    assert math.isfinite(out["loss"])
+    assert out["data_tokens_per_sec"] > 0
+    assert out["data_vs_train"] == pytest.approx(out["data_tokens_per_sec"] / out["tokens_per_sec"])
+    assert "tokens/s" in lines[-2]  # the human-readable summary
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--config.global_batch_sise=8"], "global_batch_sise"),
+        (["--steps", "0"], "--steps"),
+        (["--config.global_batch_size=7"], "global_batch_size"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args, needle):
+    result = _bench("--config", REPO / "configs/pretrain_tiny.py", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_needs_a_config():
+    result = _bench("--steps", "1")
+    assert result.returncode == 2 and "--config" in result.stderr
