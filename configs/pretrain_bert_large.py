@@ -1,26 +1,19 @@
 """BERT-Large pretraining as published: 340M parameters (24 layers, 1024 hidden, 16
-heads), otherwise the BERT-Base recipe: 1M steps at batch 256, AdamW lr 1e-4, 10k
-warmup, linear decay, 90% of steps at seq_len 128 then 10% at 512 (see
-pretrain_bert_base.py for the two-phase commands). For large batches (e.g. 32k as in
-You et al. 2019) use --config.optimizer=lamb with a larger learning rate.
+heads), otherwise the BERT-Base recipe of pretrain_bert_base.py (1M steps at batch 256,
+AdamW lr 1e-4, 10k warmup, linear decay, 90% of steps at seq_len 128 then 10% at 512:
+see its docstring for the two-phase commands). For large batches (e.g. 32k as in You et
+al. 2019) use --config.optimizer=lamb with a larger learning rate.
 """
 
-from flaxft.config import default_config
+import os
+import runpy
+
+_BASE = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_bert_base.py"))
 
 
 def get_config():
-    config = default_config()
-    config.num_train_steps = 900_000
-    config.global_batch_size = 256
-    config.seq_len = 128
-    config.learning_rate = 1e-4
-    config.warmup_steps = 10_000
-    config.log_every_steps = 100
-    config.eval_every_steps = 10_000
-    config.checkpoint_every_steps = 10_000
-    config.data.max_predictions_per_seq = 20
+    config = _BASE["get_config"]()
     config.model.update(
-        vocab_size=30522,
         hidden_size=1024,
         num_hidden_layers=24,
         num_attention_heads=16,

@@ -33,7 +33,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -407,39 +406,18 @@ def main(config, what: str, steps: int, warmup: int, data_batches: int, matmul_s
     return result
 
 
-def _readable(error: Exception) -> str:
-    """absl/ml_collections wrap some messages in a repr; unwrap them."""
-    import ast
-    import contextlib
-
-    text = str(error)
-    if text[:1] in "'\"":
-        with contextlib.suppress(ValueError, SyntaxError):
-            text = ast.literal_eval(text)
-    return text
-
-
 def run() -> None:
     from absl import flags, logging
-    from ml_collections import config_flags
 
-    config_flag = config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file.", lock_config=True)
+    from flaxft import cli
+
+    config_flag = cli.define_config_flag()
     what = flags.DEFINE_enum("what", "train", ["train", "data", "all"], "Benchmark the train step, the data loader, or both.")
     steps = flags.DEFINE_integer("steps", 10, "Timed train steps (the median is reported).")
     warmup = flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
     data_batches = flags.DEFINE_integer("data_batches", 300, "Timed loader batches.")
     matmul_size = flags.DEFINE_integer("peak_matmul_size", 2048, "Side of the matmul that measures a CPU's peak.")
-    try:
-        argv = flags.FLAGS(sys.argv)
-    except Exception as e:  # unknown override keys, bad values
-        fail(f"bad command line: {_readable(e)}")
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config_file = flags.FLAGS["config"].present and config_flags.get_config_filename(flags.FLAGS["config"])
-    if not config_file:
-        fail("--config is required (e.g. --config configs/pretrain_tiny.py)")
-    if not os.path.isfile(config_file.split(":")[0]):
-        fail(f"{config_file}: no such config file")
+    cli.parse_flags()
     for name, flag, least in (("steps", steps, 1), ("warmup", warmup, 0), ("data_batches", data_batches, 1),
                               ("peak_matmul_size", matmul_size, 1)):
         if flag.value < least:

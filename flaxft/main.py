@@ -7,8 +7,6 @@ The config is locked: overrides may only set keys that exist. Bad input exits 2 
 one line naming the field or file.
 """
 
-import ast
-import contextlib
 import os
 import sys
 
@@ -17,11 +15,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from absl import flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
+from flaxft import cli  # noqa: E402
 from flaxft.errors import fail  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file.", lock_config=True)
+_CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
@@ -48,14 +45,8 @@ def init_distributed() -> None:
         jax.distributed.initialize()
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config_file = flags.FLAGS["config"].present and config_flags.get_config_filename(flags.FLAGS["config"])
-    if not config_file:
-        fail("--config is required (e.g. --config configs/pretrain_tiny.py)")
-    if not os.path.isfile(config_file.split(":")[0]):
-        fail(f"{config_file}: no such config file")
+def main() -> None:
+    cli.parse_flags()
     if not _WORKDIR.value:
         fail("--workdir is required")
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every file they touch at INFO
@@ -72,22 +63,5 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
 
 
-def run() -> None:
-    try:
-        argv = flags.FLAGS(sys.argv)
-    except Exception as e:  # unknown override keys, bad values
-        fail(f"bad command line: {_readable(e)}")
-    main(argv)
-
-
-def _readable(error: Exception) -> str:
-    """absl/ml_collections wrap some messages in a repr; unwrap them."""
-    text = str(error)
-    if text[:1] in "'\"":
-        with contextlib.suppress(ValueError, SyntaxError):
-            text = ast.literal_eval(text)
-    return text
-
-
 if __name__ == "__main__":
-    run()
+    main()
