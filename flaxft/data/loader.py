@@ -68,15 +68,7 @@ class PretrainLoader:
         """
         if len(examples) == 0:
             raise InputError("the loader got no examples (is the corpus or eval split empty?)")
-        if global_batch_size <= 0 or global_batch_size % process_count:
-            raise InputError(
-                f"global_batch_size {global_batch_size} must be a positive multiple of the "
-                f"process count {process_count}"
-            )
-        if seed < 0:
-            raise InputError(f"seed must be >= 0, got {seed}")
-        if not 0 <= process_index < process_count:
-            raise InputError(f"process_index {process_index} not in [0, {process_count})")
+        check_host_slicing(global_batch_size, seed, process_index, process_count)
         if not 0 < mask_rate <= 1:
             raise InputError(f"mask_rate must be in (0, 1], got {mask_rate}")
         if max_predictions is not None and max_predictions < 1:
@@ -191,3 +183,17 @@ def _epoch_order(seed: int, epoch: int, num_examples: int, shuffle: bool) -> np.
     )
     order.flags.writeable = False
     return order
+
+
+def check_host_slicing(global_batch_size: int, seed: int, process_index: int, process_count: int) -> None:
+    """InputError unless every one of `process_count` hosts can take an equal share of a
+    global batch and `process_index` names one of them."""
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise InputError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of the "
+            f"process count {process_count}"
+        )
+    if seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}")
+    if not 0 <= process_index < process_count:
+        raise InputError(f"process_index {process_index} not in [0, {process_count})")

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from flaxft.data.loader import check_host_slicing
 from flaxft.errors import InputError
 
 
@@ -53,15 +54,7 @@ class FinetuneLoader:
             raise ValueError(f"feature arrays differ in length: {sizes}")
         if "weights" in arrays:
             raise ValueError("'weights' is added by the loader; features must not hold it")
-        if global_batch_size <= 0 or global_batch_size % process_count:
-            raise InputError(
-                f"global_batch_size {global_batch_size} must be a positive multiple of the "
-                f"process count {process_count}"
-            )
-        if seed < 0:
-            raise InputError(f"seed must be >= 0, got {seed}")
-        if not 0 <= process_index < process_count:
-            raise InputError(f"process_index {process_index} not in [0, {process_count})")
+        check_host_slicing(global_batch_size, seed, process_index, process_count)
         self.arrays = dict(arrays)
         self.num_examples = next(iter(sizes.values()))
         self.global_batch_size = global_batch_size
