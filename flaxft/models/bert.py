@@ -222,6 +222,7 @@ class BertSelfAttention(nn.Module):
         out_BLD = nn.Dropout(cfg.hidden_dropout_prob)(out_BLD, deterministic=self.deterministic)
         return layer_norm(cfg, "LayerNorm")(x_BLD + out_BLD)
 
+
 class BertMLP(nn.Module):
     """Feed-forward block: D -> F -> D, residual and LayerNorm."""
 
