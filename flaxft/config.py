@@ -71,8 +71,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.task.epochs = 0.0  # > 0: num_train_steps = epochs x training rows / global_batch_size
     c.task.text_fields = ""  # classification: one or two columns, comma separated ("" = dataset default)
     c.task.label_field = "label"
-    c.task.pack = False  # classification: several short examples per row (needs per-segment pooling)
-    c.task.max_segments = 16
+    c.task.pack = "eval"  # classification, NER: several short examples per row. "eval": validation
+    # rows only (same metrics, fewer rows); "all": training rows too (fuller rows, so more
+    # examples per step and fewer steps per epoch: a different recipe); "none"
+    c.task.max_segments = 16  # examples per packed row, at most
     c.task.tokens_field = "tokens"  # NER: pre-split words and their BIO tags
     c.task.tags_field = "ner_tags"
     c.task.question_field = "question"  # QA, SQuAD layout
@@ -93,11 +95,12 @@ _CHOICES = {
     "data.format": ("bert", "roberta"),
     "on_nonfinite": ("abort", "skip"),
     "task.name": ("pretraining", "classification", "ner", "qa"),
+    "task.pack": ("none", "eval", "all"),
 }
 _POSITIVE = (
     "num_train_steps", "global_batch_size", "grad_accum_steps", "seq_len", "log_every_steps",
     "eval_every_steps", "eval_batches", "checkpoint_every_steps", "data.max_predictions_per_seq",
-    "checkpoint.keep",
+    "checkpoint.keep", "task.max_segments",
 )
 
 

@@ -27,7 +27,7 @@ TASKS = {"classification": classification, "ner": ner, "qa": qa}
 # The config.task keys each task's `build` reads, besides the files and dataset.
 BUILD_KEYS = {
     "classification": ("text_fields", "label_field", "pack", "max_segments"),
-    "ner": ("tokens_field", "tags_field"),
+    "ner": ("tokens_field", "tags_field", "pack", "max_segments"),
     "qa": ("question_field", "context_field", "answers_field", "doc_stride", "max_query_length"),
 }
 EVAL_RESULTS = "eval_results.json"

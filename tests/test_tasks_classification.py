@@ -103,8 +103,9 @@ def test_build_from_csv_files(tmp_path, tokenizer):
         text_fields="sentence",
     )
     assert data.num_labels == 2 and data.id2label == ("neg", "pos")
-    assert data.train.arrays["labels"].tolist() == [1, 0, 1]
-    assert data.validation.arrays["labels"].tolist() == [0]
+    assert data.train.arrays["labels"].tolist() == [1, 0, 1]  # training rows stay unpacked
+    assert data.validation.arrays["labels"][:, 0].tolist() == [0]  # validation packed by default
+    assert data.validation.arrays["label_weights"].sum() == 1
     assert cls.architecture() == "BertForSequenceClassification"
 
 
@@ -123,6 +124,7 @@ def test_build_from_parquet_regression(tmp_path, tokenizer):
         train_file=str(tmp_path / "train.parquet"),
         validation_file=str(tmp_path / "train.parquet"),
         dataset="glue:stsb",
+        pack="none",
     )
     assert data.num_labels == 1 and data.id2label == ()
     metrics, predictions = cls.evaluate({"logits": np.array([[4.0], [0.5]])}, data.validation)
@@ -177,6 +179,7 @@ def test_evaluate_metrics_and_predictions(tokenizer):
     assert set(metrics) == {"accuracy", "macro_f1"}
     assert predictions[0]["label"] != predictions[0]["prediction"]
     assert [p["label"] for p in predictions] == [r["label"] for r in rows]
+    assert predictions[0]["probability"] == pytest.approx(np.e / (np.e + 1))  # softmax([1, 0])
     features.host["dataset"] = "glue:cola"
     assert set(cls.evaluate({"logits": logits}, features)[0]) == {"matthews_correlation"}
     features.host["dataset"] = "glue:qqp"
@@ -190,7 +193,7 @@ def test_evaluate_metrics_and_predictions(tokenizer):
 def test_pack_layout(tokenizer):
     rows = sentiment_rows(24)
     features = cls.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
-    packed = cls.pack(features, max_segments=4)
+    packed = cls.pack_features(features, max_segments=4)
     arrays, index = packed.arrays, packed.host["example_index"]
     assert arrays["cls_positions"].shape == arrays["labels"].shape == index.shape == (len(index), 4)
     assert sorted(index[index >= 0].tolist()) == list(range(24))  # every example exactly once
@@ -217,7 +220,7 @@ def test_pack_layout(tokenizer):
     assert padding_fraction(arrays["attention_mask"]) < padding_fraction(
         features.arrays["attention_mask"]
     )
-    again = cls.pack(features, max_segments=4)
+    again = cls.pack_features(features, max_segments=4)
     for key in arrays:
         np.testing.assert_array_equal(arrays[key], again.arrays[key])  # deterministic
 
@@ -225,7 +228,7 @@ def test_pack_layout(tokenizer):
 def test_packed_and_unpacked_give_the_same_metrics_for_the_same_logits(tokenizer):
     rows = sentiment_rows(30)
     features = cls.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
-    packed = cls.pack(features, max_segments=5)
+    packed = cls.pack_features(features, max_segments=5)
     logits = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
     index = packed.host["example_index"]
     packed_logits = np.zeros((*index.shape, 2), np.float32)
@@ -301,7 +304,7 @@ def test_microbatch_losses_sum_to_the_whole_batch_loss():
 def test_packed_loss_equals_unpacked_loss_for_the_same_logits(tokenizer):
     rows = sentiment_rows(20)
     features = cls.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
-    packed = cls.pack(features, max_segments=4)
+    packed = cls.pack_features(features, max_segments=4)
     logits = np.random.default_rng(2).normal(size=(20, 2)).astype(np.float32)
     index = packed.host["example_index"]
     packed_logits = np.zeros((*index.shape, 2), np.float32)
@@ -355,7 +358,7 @@ def test_packing_matches_the_model_when_pooling_at_cls_positions(tokenizer):
     features = cls.prepare(
         Split(rows, "x"), tokenizer, SEQ_LEN, text_fields="a,b", labels=["neg", "pos"]
     )
-    packed = cls.pack(features, max_segments=4)
+    packed = cls.pack_features(features, max_segments=4)
     assert (packed.host["example_index"] >= 0).sum(1).max() > 1  # some rows really are packed
     for f in (features, packed):
         f.arrays["input_ids"] %= vocab
@@ -386,7 +389,7 @@ def test_demo_padding_fraction_drops_with_packing(tokenizer):
     train, _ = demo_data.classification_records()
     labels = cls.infer_labels(Split(train, "demo"))
     features = cls.prepare(Split(train, "demo"), tokenizer, 128, labels=labels)
-    packed = cls.pack(features)
+    packed = cls.pack_features(features)
     unpacked_padding = padding_fraction(features.arrays["attention_mask"])
     packed_padding = padding_fraction(packed.arrays["attention_mask"])
     print(

@@ -65,6 +65,7 @@ def test_build_from_jsonl_and_parquet(tmp_path, tokenizer):
         SEQ_LEN,
         train_file=write_jsonl(tmp_path / "train.jsonl", ROWS),
         validation_file=str(tmp_path / "dev.parquet"),
+        pack="none",
     )
     assert data.id2label == tuple(TAGS) and data.num_labels == 4
     np.testing.assert_array_equal(data.train.arrays["labels"], data.validation.arrays["labels"])
@@ -154,3 +155,40 @@ def test_loss_ignores_sub_words_padding_and_padding_rows():
     assert set(ner.model_inputs(full)) == {"input_ids", "attention_mask", "token_type_ids"}
     out = ner.eval_outputs(BertOutput(None, logits=jnp.asarray(logits)), batch)
     np.testing.assert_array_equal(out["predictions"], logits.argmax(-1))
+
+
+def test_packed_rows_carry_the_labels_and_give_the_same_metrics(tokenizer):
+    rows = ROWS * 5
+    features = ner.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, tags=TAGS)
+    packed = ner.pack_features(features, max_segments=3)
+    arrays = packed.arrays
+    assert len(packed) < len(features) and arrays["segment_ids"].max() <= 3
+    # Every labelled token is still there, in its example's segment, with its label.
+    assert sorted(arrays["labels"][arrays["labels"] >= 0].tolist()) == sorted(
+        features.arrays["labels"][features.arrays["labels"] >= 0].tolist()
+    )
+    np.testing.assert_array_equal(arrays["attention_mask"], arrays["segment_ids"] > 0)
+    assert set(ner.model_inputs(arrays)) == {"input_ids", "attention_mask", "token_type_ids", "segment_ids"}
+    # The same per-token predictions, packed, score and predict exactly as unpacked.
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(*features.arrays["labels"].shape, len(TAGS)))
+    predicted = logits.argmax(-1)
+    placed = packed.host["packing"]
+    packed_predicted = np.zeros(arrays["labels"].shape, np.int64)
+    for i, (r, s, n) in enumerate(zip(placed.row, placed.start, placed.length)):
+        packed_predicted[r, s : s + n] = predicted[i, :n]
+    assert ner.evaluate({"predictions": packed_predicted}, packed) == ner.evaluate(
+        {"predictions": predicted}, features
+    )
+
+
+def test_build_packs_validation_by_default_and_training_with_all(tmp_path, tokenizer):
+    files = dict(
+        train_file=write_jsonl(tmp_path / "train.jsonl", ROWS * 3),
+        validation_file=write_jsonl(tmp_path / "dev.jsonl", ROWS * 3),
+    )
+    default = ner.build(tokenizer, SEQ_LEN, **files)
+    assert "segment_ids" not in default.train.arrays and "segment_ids" in default.validation.arrays
+    everything = ner.build(tokenizer, SEQ_LEN, pack="all", **files)
+    assert "segment_ids" in everything.train.arrays
+    assert len(everything.train) < len(default.train) == 6

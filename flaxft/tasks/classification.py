@@ -34,6 +34,7 @@ from tokenizers import Tokenizer
 from flaxft.errors import InputError
 from flaxft.models import BertOutput
 from flaxft.tasks import metrics as metrics_lib
+from flaxft.tasks import packing
 from flaxft.tasks.records import (
     Features,
     RowLayout,
@@ -50,7 +51,6 @@ from flaxft.tasks.records import (
 
 ARCHITECTURE = "BertForSequenceClassification"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "segment_ids", "cls_positions")
-DEFAULT_MAX_SEGMENTS = 16
 
 # The text columns of each GLUE task in Hugging Face's `glue` dataset.
 GLUE_TEXT_FIELDS = {
@@ -89,14 +89,15 @@ def build(
     dataset: str = "",
     text_fields: str | Sequence[str] = "",
     label_field: str = "label",
-    pack: bool = False,
-    max_segments: int = DEFAULT_MAX_SEGMENTS,
+    pack: str = "eval",
+    max_segments: int = packing.DEFAULT_MAX_SEGMENTS,
 ) -> TaskData:
     """Reads both splits (`flaxft.tasks.records.load_splits`), infers the labels from the
-    training split and prepares (and with `pack`, packs) the features of both.
+    training split and prepares the features of both.
 
     text_fields: one or two columns ("sentence1,sentence2"); default: the GLUE task's
     columns when `dataset` is a GLUE task, else "text".
+    pack: which splits to `pack_features`: "eval" (validation), "all" or "none".
     """
     train, validation = load_splits(train_file, validation_file, dataset)
     fields = split_fields(text_fields) or list(GLUE_TEXT_FIELDS.get(glue_task(dataset), ("text",)))
@@ -104,10 +105,10 @@ def build(
     options = dict(text_fields=fields, label_field=label_field, labels=labels, dataset=dataset)
     train_features = prepare(train, tokenizer, seq_len, **options)
     validation_features = prepare(validation, tokenizer, seq_len, **options) if validation else None
-    if pack:
-        train_features = _pack(train_features, max_segments)
-        if validation_features is not None:
-            validation_features = _pack(validation_features, max_segments)
+    if pack == "all":
+        train_features = pack_features(train_features, max_segments=max_segments)
+    if pack in ("eval", "all") and validation_features is not None:
+        validation_features = pack_features(validation_features, max_segments=max_segments)
     names = tuple(str(label) for label in labels) if labels is not None else ()
     return TaskData(train_features, validation_features, num_labels=len(names) or 1, id2label=names)
 
@@ -262,93 +263,34 @@ def _key(label: Any) -> tuple[str, Any]:
     return (type(label).__name__, label)
 
 
-def pack(
-    features: Features, seq_len: int | None = None, max_segments: int = DEFAULT_MAX_SEGMENTS
+def pack_features(
+    features: Features, seq_len: int | None = None, max_segments: int = packing.DEFAULT_MAX_SEGMENTS
 ) -> Features:
-    """Packs unpacked features (from `prepare`) several examples per row.
-
-    Best-fit decreasing: examples are taken longest first (ties in row order) and each
-    goes into the open row with the least room that still fits it, else a new row; a
-    row takes at most `max_segments` examples. Deterministic. Each example keeps its
-    tokens and token types; segment ids number the examples of a row 1..k, and the
-    model restarts positions and blocks attention at segment boundaries.
+    """Packs unpacked features (from `prepare`) several examples per row
+    (`flaxft.tasks.packing.plan`). Each example keeps its tokens and token types; its
+    [CLS] position goes to `cls_positions` and its label to `labels` at its slot.
 
     seq_len: the packed row length (default: that of the features; may be larger).
     Returns Features with the packed batch fields of the module docstring; host as the
     input's, with example_index [R, K] (-1 on empty slots).
     """
-    return _pack(features, max_segments, seq_len)
-
-
-def _pack(features: Features, max_segments: int, seq_len: int | None = None) -> Features:
     arrays = features.arrays
     if "cls_positions" in arrays:
         raise ValueError("features are already packed")
-    length = arrays["input_ids"].shape[1]
-    seq_len = seq_len or length
-    if seq_len < length:
-        raise ValueError(f"packed seq_len {seq_len} is shorter than the rows ({length})")
-    if max_segments < 1:
-        raise InputError(f"max_segments must be >= 1, got {max_segments}")
-    lengths = arrays["attention_mask"].sum(1).astype(np.int64)
-    members = _best_fit_decreasing(lengths, seq_len, max_segments)
-    num_rows = len(members)
-    input_ids = np.zeros((num_rows, seq_len), np.int32)
-    token_type_ids = np.zeros((num_rows, seq_len), np.int32)
-    segment_ids = np.zeros((num_rows, seq_len), np.int32)
-    cls_positions = np.zeros((num_rows, max_segments), np.int32)
-    labels = np.zeros((num_rows, max_segments), arrays["labels"].dtype)
-    label_weights = np.zeros((num_rows, max_segments), np.float32)
-    example_index = np.full((num_rows, max_segments), -1, np.int64)
-    for row, examples in enumerate(members):
-        start = 0
-        for slot, example in enumerate(examples):
-            n = lengths[example]
-            input_ids[row, start : start + n] = arrays["input_ids"][example, :n]
-            token_type_ids[row, start : start + n] = arrays["token_type_ids"][example, :n]
-            segment_ids[row, start : start + n] = slot + 1
-            cls_positions[row, slot] = start
-            labels[row, slot] = arrays["labels"][example]
-            label_weights[row, slot] = 1.0
-            example_index[row, slot] = features.host["example_index"][example]
-            start += n
+    seq_len = seq_len or arrays["input_ids"].shape[1]
+    placed = packing.plan(arrays["attention_mask"].sum(1), seq_len, max_segments)
+    segment_ids = packing.segment_ids(placed)
     packed = {
-        "input_ids": input_ids,
+        "input_ids": packing.pack_tokens(arrays["input_ids"], placed),
         "attention_mask": (segment_ids > 0).astype(np.int32),
-        "token_type_ids": token_type_ids,
+        "token_type_ids": packing.pack_tokens(arrays["token_type_ids"], placed),
         "segment_ids": segment_ids,
-        "cls_positions": cls_positions,
-        "labels": labels,
-        "label_weights": label_weights,
+        "cls_positions": packing.slots(placed.start.astype(np.int32), placed, max_segments),
+        "labels": packing.slots(arrays["labels"], placed, max_segments),
+        "label_weights": packing.slots(np.ones(len(features), np.float32), placed, max_segments),
     }
+    example_index = packing.slots(features.host["example_index"], placed, max_segments, fill=-1)
     return Features(packed, {**features.host, "example_index": example_index})
-
-
-def _best_fit_decreasing(lengths: np.ndarray, capacity: int, max_segments: int) -> list[list[int]]:
-    """Rows (lists of example indices) from best-fit decreasing bin packing."""
-    order = np.argsort(-lengths, kind="stable")
-    open_rows: list[list[int]] = [[] for _ in range(capacity + 1)]  # room -> rows with that room
-    has_room = 0  # bit r set <=> open_rows[r] is non-empty
-    members: list[list[int]] = []
-    room: list[int] = []
-    for example in order.tolist():
-        need = int(lengths[example])
-        candidates = has_room >> need
-        if candidates:
-            space = need + (candidates & -candidates).bit_length() - 1
-            row = open_rows[space].pop()
-            if not open_rows[space]:
-                has_room &= ~(1 << space)
-        else:
-            row = len(members)
-            members.append([])
-            room.append(capacity)
-        members[row].append(example)
-        room[row] -= need
-        if len(members[row]) < max_segments and room[row] > 0:
-            open_rows[room[row]].append(row)
-            has_room |= 1 << room[row]
-    return members
 
 
 def evaluate(
@@ -361,7 +303,8 @@ def evaluate(
     Metrics: GLUE's for a GLUE `dataset` (see `metrics.glue_metrics`); otherwise
     accuracy and macro_f1 (classes), or mse, pearson and spearmanr (regression).
     Predictions, in example order: {"index", "label", "prediction"} (class names, or
-    floats for regression).
+    floats for regression), plus for classes "probability" (the softmax probability of
+    the predicted class).
     """
     logits = _per_example(np.asarray(outputs["logits"]), features)
     gold = features.host["example_labels"]
@@ -389,10 +332,16 @@ def evaluate(
         ]
     else:
         predictions = [
-            {"index": i, "label": names[g], "prediction": names[p]}
-            for i, (g, p) in enumerate(zip(gold.tolist(), predicted.tolist()))
+            {"index": i, "label": names[g], "prediction": names[p], "probability": float(q)}
+            for i, (g, p, q) in enumerate(zip(gold.tolist(), predicted.tolist(), _softmax_max(logits)))
         ]
     return scores, predictions
+
+
+def _softmax_max(logits: np.ndarray) -> np.ndarray:
+    """[N, C] logits -> [N] softmax probability of the largest."""
+    logits = logits.astype(np.float64)
+    return 1.0 / np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)
 
 
 def _per_example(logits: np.ndarray, features: Features) -> np.ndarray:

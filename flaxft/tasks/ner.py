@@ -10,7 +10,8 @@ entities are missed, never silently dropped) and reports how many there were.
 
 Tags: the dataset's ClassLabel names in their order, else the training split's tags
 sorted. Batch fields: input_ids, attention_mask, token_type_ids, labels [B, L] int32
-(-100: no label) and weights [B] float32 (from the loader).
+(-100: no label) and weights [B] float32 (from the loader); packed rows
+(`pack_features`) add segment_ids [B, L] int32 (1..k per example of a row, 0 on padding).
 """
 
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from tokenizers import Tokenizer
 from flaxft.errors import InputError
 from flaxft.models import BertOutput
 from flaxft.tasks import metrics as metrics_lib
+from flaxft.tasks import packing
 from flaxft.tasks.records import (
     Features,
     RowLayout,
@@ -37,7 +39,7 @@ from flaxft.tasks.records import (
 )
 
 ARCHITECTURE = "BertForTokenClassification"
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "segment_ids")
 IGNORE = -100
 
 
@@ -53,13 +55,22 @@ def build(
     dataset: str = "",
     tokens_field: str = "tokens",
     tags_field: str = "ner_tags",
+    pack: str = "eval",
+    max_segments: int = packing.DEFAULT_MAX_SEGMENTS,
 ) -> TaskData:
-    """Reads both splits, takes the tag list from the training split, prepares both."""
+    """Reads both splits, takes the tag list from the training split, prepares both.
+
+    pack: which splits to `pack_features`: "eval" (validation), "all" or "none".
+    """
     train, validation = load_splits(train_file, validation_file, dataset)
     tags = infer_tags(train, tokens_field, tags_field)
     options = dict(tokens_field=tokens_field, tags_field=tags_field, tags=tags)
     train_features = prepare(train, tokenizer, seq_len, **options)
     validation_features = prepare(validation, tokenizer, seq_len, **options) if validation else None
+    if pack == "all":
+        train_features = pack_features(train_features, max_segments)
+    if pack in ("eval", "all") and validation_features is not None:
+        validation_features = pack_features(validation_features, max_segments)
     return TaskData(train_features, validation_features, num_labels=len(tags), id2label=tuple(tags))
 
 
@@ -189,13 +200,37 @@ def prepare(
     return Features(arrays, host)
 
 
+def pack_features(features: Features, max_segments: int = packing.DEFAULT_MAX_SEGMENTS) -> Features:
+    """Packs unpacked features (from `prepare`) several examples per row of the same
+    length (`flaxft.tasks.packing.plan`); labels move with their tokens.
+
+    Returns Features: input_ids, attention_mask, token_type_ids, segment_ids, labels
+    [R, L] int32; host as the input's plus `packing` (where each example went), which
+    `evaluate` uses to move predictions back to the unpacked rows.
+    """
+    arrays = features.arrays
+    if "segment_ids" in arrays:
+        raise ValueError("features are already packed")
+    placed = packing.plan(arrays["attention_mask"].sum(1), arrays["input_ids"].shape[1], max_segments)
+    segment_ids = packing.segment_ids(placed)
+    packed = {
+        "input_ids": packing.pack_tokens(arrays["input_ids"], placed),
+        "attention_mask": (segment_ids > 0).astype(np.int32),
+        "token_type_ids": packing.pack_tokens(arrays["token_type_ids"], placed),
+        "segment_ids": segment_ids,
+        "labels": packing.pack_tokens(arrays["labels"], placed, fill=IGNORE),
+    }
+    return Features(packed, {**features.host, "packing": placed})
+
+
 def evaluate(
     outputs: dict[str, np.ndarray], features: Features
 ) -> tuple[dict[str, float], list[dict]]:
     """Entity-level precision, recall and F1 (seqeval's default, see `metrics.entity_scores`),
     per-type F1, word accuracy, and the number of words truncation left unpredicted.
 
-    outputs: "predictions" [N, L] class ids (from `eval_outputs`) or "logits" [N, L, C].
+    outputs: "predictions" [N, L] class ids (from `eval_outputs`) or "logits" [N, L, C];
+    for packed features [R, L] or [R, L, C].
     Predictions, per example: {"index", "tokens", "tags", "predicted_tags"}.
     """
     if "predictions" in outputs:
@@ -203,6 +238,14 @@ def evaluate(
     else:
         predicted_ids = np.asarray(outputs["logits"]).argmax(-1)
     word_index = features.host["word_index"]
+    if "packing" in features.host:
+        placed = features.host["packing"]
+        if predicted_ids.shape != (placed.num_rows, placed.seq_len):
+            raise ValueError(
+                f"predictions {predicted_ids.shape} do not match the packed features "
+                f"{(placed.num_rows, placed.seq_len)}"
+            )
+        predicted_ids = packing.unpack_tokens(predicted_ids, placed, word_index.shape[1])
     if predicted_ids.shape != word_index.shape:
         raise ValueError(
             f"predictions {predicted_ids.shape} do not match the features {word_index.shape}"
@@ -236,7 +279,8 @@ def architecture() -> str:
 
 
 def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return {k: batch[k] for k in MODEL_INPUTS}
+    """The model call's keyword inputs (segment_ids when packed)."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
 def _token_weights(batch: dict[str, jax.Array]) -> jax.Array:
