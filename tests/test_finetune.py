@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
 
 from flaxft import config as config_lib
-from flaxft import finetune, train
+from flaxft import convert, finetune, train
 from flaxft.errors import InputError
 from flaxft.tasks import demo_data
 
@@ -90,23 +91,205 @@ def test_pretrained_minilm_beats_random_init_and_exports(tmp_path, task_files, m
     assert sorted(model.config.id2label.values()) == ["concurrency", "email", "gui", "numbers", "web"]
 
 
-@pytest.mark.parametrize("task, metric", [("ner", "eval_f1"), ("qa", "eval_exact_match")])
-def test_ner_and_qa_runs_write_metrics_and_predictions(tmp_path, task_files, minilm_dir, task, metric):
-    """A tiny random model (MiniLM's tokenizer) through the whole fine-tuning path."""
-    suffix = "jsonl"
+# Wide initial weights, so that a few steps leave outputs that differ between examples.
+TINY_MODEL = {"model.hidden_size": 32, "model.num_hidden_layers": 2, "model.num_attention_heads": 2,
+              "model.intermediate_size": 64, "model.initializer_range": 0.2}
+
+
+def tiny_run(workdir: Path, tokenizer_dir: Path, task: str, files: dict, steps: int, **overrides) -> dict:
+    """Fine-tunes a small random model (the given tokenizer) on `files`; the last metrics."""
     config = config_lib.default_config()
-    config.task.update(name=task, train_file=str(task_files / task / f"train.{suffix}"),
-                       validation_file=str(task_files / task / f"validation.{suffix}"), doc_stride=16)
-    config.update(num_train_steps=2, global_batch_size=8, seq_len=64, log_every_steps=1, eval_every_steps=2,
-                  checkpoint_every_steps=2)
-    config.data.tokenizer = str(minilm_dir)
-    config.model.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    last = train.run(config, str(tmp_path))
-    assert metric in last
-    results = json.loads((tmp_path / finetune.EVAL_RESULTS).read_text())
-    assert metric in results
-    assert (tmp_path / finetune.PREDICTIONS).read_text().count("\n") > 10
-    assert (tmp_path / "tokenizer" / "vocab.txt").is_file()
+    config.task.update(name=task, **{k: str(v) for k, v in files.items()})
+    config.update(num_train_steps=steps, global_batch_size=16, seq_len=64, learning_rate=1e-3, warmup_steps=2,
+                  log_every_steps=steps, eval_every_steps=steps, checkpoint_every_steps=steps)
+    config.data.tokenizer = str(tokenizer_dir)
+    for key, value in {**TINY_MODEL, **overrides}.items():
+        *parents, leaf = key.split(".")
+        target = config
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return train.run(config, str(workdir))
+
+
+def export(workdir: Path, out: Path) -> Path:
+    assert convert.main(["export-hf", str(workdir), str(out)]) == 0
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def pair_and_regression_files(task_files: Path, folder: Path) -> dict:
+    """Two local tasks from the demo classification rows: text pairs labelled by whether
+    both come from the same module family (half of them do), and a float score (the first text's share of
+    words longer than six letters)."""
+    splits = {}
+    for split, size in (("train", 160), ("validation", 48)):
+        with open(task_files / "classification" / f"{split}.csv") as f:
+            rows = list(csv.DictReader(f))
+        pairs, scores = [], []
+        for i in range(size):
+            a = rows[i % len(rows)]
+            same = [r for r in rows if (r["label"] == a["label"]) == (i % 2 == 0) and r is not a]
+            b = same[(7 * i + 3) % len(same)]  # half the pairs from one family, half from two
+            pairs.append({"sentence1": a["text"], "sentence2": b["text"],
+                          "label": "same" if a["label"] == b["label"] else "different"})
+            words = a["text"].split()
+            scores.append({"text": a["text"], "score": sum(len(w) > 6 for w in words) / max(len(words), 1)})
+        splits[split] = (write_jsonl(folder / f"pairs_{split}.jsonl", pairs),
+                         write_jsonl(folder / f"scores_{split}.jsonl", scores))
+    return {
+        "pairs": {"train_file": splits["train"][0], "validation_file": splits["validation"][0]},
+        "regression": {"train_file": splits["train"][1], "validation_file": splits["validation"][1]},
+    }
+
+
+def test_pairs_packed_and_unpacked_evaluation_agree_and_export_predicts_the_same(tmp_path, task_files, minilm_dir):
+    files = pair_and_regression_files(task_files, tmp_path)["pairs"]
+    options = {"task.text_fields": "sentence1,sentence2"}
+    packed = tiny_run(tmp_path / "packed", minilm_dir, "classification", files, 12, **options)
+    unpacked = tiny_run(tmp_path / "unpacked", minilm_dir, "classification", files, 12, **options,
+                        **{"task.pack": "none"})
+    # Training is the same (unpacked rows in both); only the evaluation rows differ.
+    assert {k: v for k, v in packed.items() if k.startswith("eval_")} == {
+        k: v for k, v in unpacked.items() if k.startswith("eval_")}
+    ours = read_jsonl(tmp_path / "packed" / finetune.PREDICTIONS)
+    theirs = read_jsonl(tmp_path / "unpacked" / finetune.PREDICTIONS)
+    assert [p["prediction"] for p in ours] == [p["prediction"] for p in theirs]
+    np.testing.assert_allclose([p["probability"] for p in ours], [p["probability"] for p in theirs], atol=1e-6)
+
+    out = export(tmp_path / "packed", tmp_path / "hf")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    records = read_jsonl(files["validation_file"])
+    batch = tokenizer([r["sentence1"] for r in records], [r["sentence2"] for r in records], truncation=True,
+                      max_length=64, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert_same_choices(logits.numpy(), [model.config.label2id[p["prediction"]] for p in ours])
+    probabilities = torch.softmax(logits, -1).max(-1).values.numpy()
+    np.testing.assert_allclose(probabilities, [p["probability"] for p in ours], atol=1e-5)
+    assert np.ptp(probabilities) > 1e-3  # the examples really get different outputs
+
+
+def assert_same_choices(scores: np.ndarray, chosen: list, margin: float = 1e-4) -> None:
+    """transformers' best choice (last axis of `scores`) is flaxft's, except where its
+    scores of both are closer than `margin` (numerical ties)."""
+    scores = np.asarray(scores)
+    best = scores.argmax(-1)
+    ours = np.take_along_axis(scores, np.asarray(chosen)[..., None], -1)[..., 0]
+    differ = best != np.asarray(chosen)
+    assert not (differ & (scores.max(-1) - ours > margin)).any(), np.argwhere(differ)
+    assert differ.mean() < 0.05
+
+
+def test_regression_end_to_end_and_export(tmp_path, task_files, minilm_dir):
+    files = pair_and_regression_files(task_files, tmp_path)["regression"]
+    last = tiny_run(tmp_path / "work", minilm_dir, "classification", files, 12, **{"task.label_field": "score"})
+    assert {"eval_mse", "eval_pearson", "eval_spearmanr"} <= set(last)
+    ours = read_jsonl(tmp_path / "work" / finetune.PREDICTIONS)
+    out = export(tmp_path / "work", tmp_path / "hf")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.num_labels == 1
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    records = read_jsonl(files["validation_file"])
+    batch = tokenizer([r["text"] for r in records], truncation=True, max_length=64, padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**batch).logits[:, 0].numpy()
+    np.testing.assert_allclose(predicted, [p["prediction"] for p in ours], atol=1e-4)
+    assert [p["label"] for p in ours] == pytest.approx([r["score"] for r in records])
+    assert last["eval_mse"] == pytest.approx(np.mean((predicted - [r["score"] for r in records]) ** 2), rel=1e-3)
+
+
+def subset(task_files: Path, task: str, folder: Path, train_rows: int, validation_rows: int) -> dict:
+    files = {}
+    for split, rows in (("train", train_rows), ("validation", validation_rows)):
+        records = read_jsonl(task_files / task / f"{split}.jsonl")[:rows]
+        files[f"{split}_file"] = write_jsonl(folder / f"{task}_{split}.jsonl", records)
+    return files
+
+
+def test_ner_end_to_end_packed_evaluation_and_export(tmp_path, task_files, minilm_dir):
+    files = subset(task_files, "ner", tmp_path, 320, 64)
+    # Barely trained: the wide random head still tags words differently (a trained tiny
+    # model tags everything "O" here), which makes the comparisons below telling.
+    options = {"learning_rate": 1e-5, "warmup_steps": 1}
+    last = tiny_run(tmp_path / "work", minilm_dir, "ner", files, 2, **options)
+    unpacked = tiny_run(tmp_path / "unpacked", minilm_dir, "ner", files, 2, **options, **{"task.pack": "none"})
+    assert {"eval_f1", "eval_precision", "eval_recall", "eval_accuracy"} <= set(last)
+    assert {k: v for k, v in last.items() if k.startswith("eval_")} == {
+        k: v for k, v in unpacked.items() if k.startswith("eval_")}
+    ours = read_jsonl(tmp_path / "work" / finetune.PREDICTIONS)
+    assert len({tag for p in ours for tag in p["predicted_tags"]}) >= 3
+
+    out = export(tmp_path / "work", tmp_path / "hf")
+    model = transformers.AutoModelForTokenClassification.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    words = [p["tokens"] for p in ours]
+    batch = tokenizer(words, is_split_into_words=True, truncation=True, max_length=64, padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits.numpy()
+    scores, chosen = [], []
+    for i, prediction in enumerate(ours):
+        word_ids = batch.word_ids(i)
+        firsts = [pos for pos, w in enumerate(word_ids) if w is not None and w != (word_ids[pos - 1] if pos else None)]
+        assert len(firsts) == len(prediction["tokens"])  # no word cut off at this length
+        scores.extend(logits[i, firsts])
+        chosen.extend(model.config.label2id[tag] for tag in prediction["predicted_tags"])
+    assert_same_choices(np.stack(scores), chosen)
+
+
+def squad_spans(model, tokenizer, records: list[dict], seq_len: int, stride: int, max_answer_length: int) -> list:
+    """run_qa's post-processing, every start/end pair of each window's context tokens:
+    per example, [(score, answer text)] sorted best first."""
+    encoded = tokenizer([r["question"] for r in records], [r["context"] for r in records],
+                        truncation="only_second", max_length=seq_len, stride=stride, padding="max_length",
+                        return_overflowing_tokens=True, return_offsets_mapping=True, return_tensors="pt")
+    example_of = encoded.pop("overflow_to_sample_mapping").tolist()
+    offsets = encoded.pop("offset_mapping").numpy()
+    with torch.no_grad():
+        out = model(**encoded)
+    candidates = [[] for _ in records]
+    for f, example in enumerate(example_of):
+        context = [pos for pos, s in enumerate(encoded.sequence_ids(f)) if s == 1]
+        start, end = out.start_logits[f].numpy(), out.end_logits[f].numpy()
+        for a in context:
+            for b in context:
+                if a <= b < a + max_answer_length:
+                    text = records[example]["context"][offsets[f, a, 0] : offsets[f, b, 1]]
+                    candidates[example].append((float(start[a] + end[b]), text))
+    return [sorted(c, reverse=True) for c in candidates]
+
+
+def test_qa_end_to_end_long_contexts_and_export(tmp_path, task_files, minilm_dir):
+    files = subset(task_files, "qa", tmp_path, 200, 40)
+    records = read_jsonl(files["validation_file"])
+    options = {"task.doc_stride": 16, "task.n_best_size": 64, "task.max_answer_length": 30}
+    last = tiny_run(tmp_path / "work", minilm_dir, "qa", files, 10, **options)
+    assert {"eval_exact_match", "eval_f1"} <= set(last)
+    ours = read_jsonl(tmp_path / "work" / finetune.PREDICTIONS)
+    assert [p["id"] for p in ours] == [r["id"] for r in records]
+
+    out = export(tmp_path / "work", tmp_path / "hf")
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    windows = tokenizer([r["question"] for r in records], [r["context"] for r in records], truncation="only_second",
+                        max_length=64, stride=16, return_overflowing_tokens=True)["overflow_to_sample_mapping"]
+    assert len(windows) > len(records)  # some contexts are longer than seq_len
+    for prediction, candidates in zip(ours, squad_spans(model, tokenizer, records, 64, 16, 30)):
+        best_score, best_text = candidates[0]
+        if prediction["prediction_text"] != best_text:  # only a numerical tie may differ
+            ours_score = max(score for score, text in candidates if text == prediction["prediction_text"])
+            assert best_score - ours_score < 1e-4, (prediction, candidates[:3])
 
 
 def test_fine_tuning_bad_input(tmp_path, task_files, minilm_dir):

@@ -1,5 +1,6 @@
 """Reading fine-tuning splits: CSV, TSV, JSON(L), SQuAD json, Parquet, Hugging Face datasets."""
 
+import itertools
 import json
 
 import pytest
@@ -155,3 +156,18 @@ def test_truncate_pair_longest_first():
     assert records.truncate_pair(2, 10, 8) == (2, 6)
     assert records.truncate_pair(10, 9, 8) == (4, 4)
     assert records.truncate_pair(10, 9, 7) == (4, 3)
+    assert records.truncate_pair(9, 10, 7) == (3, 4)  # the longer part gets the odd token
+    assert records.truncate_pair(10, 10, 7) == (3, 4)  # the second on ties
+    assert records.truncate_pair(20, 5, 8) == (4, 4)  # as tokenizers: both halved, not 3 + 5
+
+
+def test_truncate_pair_matches_hugging_face_tokenizers(minilm_dir):
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    cat, dog = tokenizer.convert_tokens_to_ids(["cat", "dog"])
+    for len_a, len_b, budget in itertools.product(range(1, 10), range(1, 10), range(2, 10)):
+        ids = tokenizer(" ".join(["cat"] * len_a), " ".join(["dog"] * len_b), truncation=True,
+                        max_length=budget + 3)["input_ids"]
+        assert records.truncate_pair(len_a, len_b, budget) == (ids.count(cat), ids.count(dog)), (
+            len_a, len_b, budget)

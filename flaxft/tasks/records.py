@@ -383,19 +383,17 @@ class RowLayout:
 
 
 def truncate_pair(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Lengths after "longest first" truncation to at most `budget` tokens in total:
-    tokens are removed one at a time from the longer part (the second on ties)."""
-    excess = len_a + len_b - budget
-    if excess <= 0:
+    """Lengths after "longest first" truncation to at most `budget` tokens in total, as
+    Hugging Face tokenizers computes it: the longer part is cut to `budget` minus the
+    shorter; if both together still do not fit, each gets half the budget, the longer
+    (the second on ties) the odd token."""
+    if len_a + len_b <= budget:
         return len_a, len_b
-    cut = min(excess, abs(len_a - len_b))  # first the longer part down to the shorter
-    if len_a > len_b:
-        len_a -= cut
-    else:
-        len_b -= cut
-    if excess > cut:  # then both, alternately, starting with the second
-        len_a, len_b = (budget + 1) // 2, budget // 2
-    return len_a, len_b
+    shorter, longer = min(len_a, len_b), max(len_a, len_b)
+    longer = max(shorter, budget - shorter)
+    if shorter + longer > budget:
+        shorter, longer = budget // 2, budget - budget // 2
+    return (longer, shorter) if len_a > len_b else (shorter, longer)
 
 
 def stack_rows(rows: list[tuple[list[int], list[int], int]], seq_len: int) -> dict[str, np.ndarray]:
