@@ -324,8 +324,6 @@ def bench_data(config, batches: int) -> dict:
     prefetch thread, so this is one thread's rate). Tokens are row positions, padding
     included, as the train step counts them. Without data.tokenizer, a WordPiece tokenizer
     of model.vocab_size is trained on the corpus first (not timed)."""
-    import tempfile
-
     from flaxft import config as config_lib
     from flaxft import data
 
@@ -334,8 +332,7 @@ def bench_data(config, batches: int) -> dict:
     if config.data.tokenizer:
         tokenizer = data.load_tokenizer(config.data.tokenizer)
     else:
-        with tempfile.TemporaryDirectory(prefix="flaxft-bench-") as folder:
-            tokenizer = data.train_wordpiece(documents, config.model.vocab_size, folder)
+        tokenizer = data.train_wordpiece(documents, config.model.vocab_size)
     started = time.perf_counter()
     examples = data.build_examples(
         documents, tokenizer, config.seq_len, config.data.format, config.seed, config.data.cache_dir or None,

@@ -98,7 +98,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, resuming: bool) ->
     )
     return Run(
         config=config, workdir=workdir, task=task, model=model, tx=optim.make_optimizer(config), mesh=mesh,
-        rules=rules, init_params=params, tokenizer_dir=tokenizer_dir,
+        rules=rules, init_params=params, write_tokenizer=functools.partial(hf.copy_tokenizer_files, tokenizer_dir),
         train_loader=FinetuneLoader(task_data.train.arrays, config.global_batch_size, config.seed, **loader_args),
         eval_loader=eval_loader,
         eval_step=functools.partial(output_step, model=model, task=task),

@@ -11,9 +11,10 @@ dispatching the next step never waits for the last.
 import dataclasses
 import functools
 import math
+import os
 import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from flaxft import checkpoint, data, optim, sharding
+from flaxft import checkpoint, data, hf, optim, sharding
 from flaxft import config as config_lib
 from flaxft import metrics as metrics_lib
 from flaxft.errors import InputError
@@ -194,7 +195,7 @@ class Run:
     eval_step: Any  # (params, batch) -> device outputs; pure, jitted by the loop
     evaluate: Any  # (outputs_of: batch index -> host outputs) -> eval_ metrics; process 0 may write files
     init_params: Any  # from config.init_from, or None
-    tokenizer_dir: Path | None  # copied into WORKDIR/tokenizer when it is not there yet
+    write_tokenizer: Callable[[Path], None] | None  # writes WORKDIR/tokenizer when it is not there yet
 
     @property
     def is_writer(self) -> bool:
@@ -202,14 +203,16 @@ class Run:
 
 
 def _tokenizer(config: ml_collections.ConfigDict, workdir: Path, documents: list[str]):
-    """The run's tokenizer: the configured folder, the one a previous run of this workdir
-    trained, or a WordPiece tokenizer trained now into a temporary folder."""
+    """The run's tokenizer and how to write it into the workdir: the configured folder
+    (copied), the one a previous run of this workdir trained, or a WordPiece tokenizer
+    trained now (saved)."""
     if config.data.tokenizer:
-        return data.load_tokenizer(config.data.tokenizer), None
+        tokenizer = data.load_tokenizer(config.data.tokenizer)
+        return tokenizer, functools.partial(hf.copy_tokenizer_files, config.data.tokenizer)
     if (workdir / "tokenizer").is_dir():
         return data.load_tokenizer(str(workdir / "tokenizer")), None
-    folder = Path(tempfile.mkdtemp(prefix="flaxft-tokenizer-")) / "tokenizer"
-    return data.train_wordpiece(documents, config.model.vocab_size, str(folder)), folder
+    tokenizer = data.train_wordpiece(documents, config.model.vocab_size)
+    return tokenizer, functools.partial(data.save_tokenizer, tokenizer)
 
 
 def _check_batch_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -241,7 +244,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, resuming: bool) ->
     init_from) and builds it. Raises InputError on bad input; writes nothing."""
     task = pretraining
     documents = data.read_documents(config.data.path, config.data.text_column)
-    tokenizer, new_tokenizer = _tokenizer(config, workdir, documents)
+    tokenizer, write_tokenizer = _tokenizer(config, workdir, documents)
     vocab = tokenizer.get_vocab_size()
     if vocab != config.model.vocab_size:
         source = config.data.tokenizer or "the tokenizer trained on the corpus"
@@ -267,7 +270,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, resuming: bool) ->
     )
     return Run(
         config=config, workdir=workdir, task=task, model=model, tx=optim.make_optimizer(config), mesh=mesh,
-        rules=rules, init_params=params, tokenizer_dir=new_tokenizer,
+        rules=rules, init_params=params, write_tokenizer=write_tokenizer,
         train_loader=data.PretrainLoader(build(split="train"), config.global_batch_size, config.seed, **loader_args),
         eval_loader=eval_loader,
         eval_step=functools.partial(eval_step, model=model, task=task),
@@ -276,11 +279,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, resuming: bool) ->
 
 
 def _write_workdir(run: Run) -> None:
-    """The run's own files: config.json and a newly trained tokenizer (process 0)."""
+    """The run's own files: config.json and its tokenizer (process 0)."""
     run.workdir.mkdir(parents=True, exist_ok=True)
     if run.is_writer:
-        if run.tokenizer_dir is not None and not (run.workdir / "tokenizer").exists():
-            shutil.copytree(run.tokenizer_dir, run.workdir / "tokenizer")
+        folder = run.workdir / "tokenizer"
+        if run.write_tokenizer is not None and not folder.exists():
+            staging = run.workdir / ".tokenizer.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            run.write_tokenizer(staging)
+            os.replace(staging, folder)
         (run.workdir / "config.json").write_text(config_lib.to_json(run.config))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("workdir written")

@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from flaxft import config as config_lib
-from flaxft import convert, finetune, train
+from flaxft import convert, finetune, hf, train
 from flaxft.errors import InputError
 from flaxft.tasks import demo_data
 
@@ -195,6 +195,9 @@ def test_regression_end_to_end_and_export(tmp_path, task_files, minilm_dir):
     last = tiny_run(tmp_path / "work", minilm_dir, "classification", files, 12, **{"task.label_field": "score"})
     assert {"eval_mse", "eval_pearson", "eval_spearmanr"} <= set(last)
     ours = read_jsonl(tmp_path / "work" / finetune.PREDICTIONS)
+    # The workdir keeps the tokenizer's files, not the rest of the folder it came from.
+    assert {"vocab.txt", "tokenizer.json"} <= {p.name for p in (tmp_path / "work" / "tokenizer").iterdir()}
+    assert {p.name for p in (tmp_path / "work" / "tokenizer").iterdir()} <= set(hf.TOKENIZER_FILES)
     out = export(tmp_path / "work", tmp_path / "hf")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert model.config.num_labels == 1

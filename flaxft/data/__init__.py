@@ -10,7 +10,7 @@ from flaxft.data.loader import PretrainLoader
 from flaxft.data.masking import mask_example
 from flaxft.data.pipeline import build_examples
 from flaxft.data.tokenize import TokenizedCorpus, tokenize_documents
-from flaxft.data.tokenizer import load_tokenizer, special_token_ids, train_wordpiece
+from flaxft.data.tokenizer import load_tokenizer, save_tokenizer, special_token_ids, train_wordpiece
 
 __all__ = [
     "DEFAULT_CORPUS",
@@ -24,6 +24,7 @@ __all__ = [
     "make_examples",
     "mask_example",
     "read_documents",
+    "save_tokenizer",
     "special_token_ids",
     "split_documents",
     "tokenize_documents",

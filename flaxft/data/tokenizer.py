@@ -52,8 +52,9 @@ def load_tokenizer(path: str) -> Tokenizer:
     return tokenizer
 
 
-def train_wordpiece(documents: list[str], vocab_size: int, out_dir: str) -> Tokenizer:
-    """Trains an uncased BERT WordPiece tokenizer on `documents` and saves it to `out_dir`.
+def train_wordpiece(documents: list[str], vocab_size: int, out_dir: str | None = None) -> Tokenizer:
+    """Trains an uncased BERT WordPiece tokenizer on `documents` (and saves it to
+    `out_dir` with `save_tokenizer` when given).
 
     The vocabulary is learnt like `tokenizers.trainers.WordPieceTrainer` learns it (BPE
     merges over words split into characters, continuations prefixed "##"), but ties
@@ -66,9 +67,6 @@ def train_wordpiece(documents: list[str], vocab_size: int, out_dir: str) -> Toke
     vocabularies are, so the size is exactly `vocab_size`. Counting and merging run in
     Python: seconds for the default corpus, but slow for gigabytes of text (train on a
     sample, or reuse a published vocab).
-
-    `out_dir` receives `tokenizer.json`, `vocab.txt` and `tokenizer_config.json` together:
-    they are written to a temporary folder next to it that then replaces `out_dir`.
 
     Returns:
         The trained tokenizer (equal to `load_tokenizer(out_dir)`).
@@ -88,7 +86,8 @@ def train_wordpiece(documents: list[str], vocab_size: int, out_dir: str) -> Toke
     tokenizer = _with_bert_specials(
         _bert_wordpiece({token: index for index, token in enumerate(vocab)}, lowercase=True)
     )
-    _save_atomically(tokenizer, Path(out_dir))
+    if out_dir is not None:
+        save_tokenizer(tokenizer, out_dir)
     return tokenizer
 
 
@@ -215,7 +214,12 @@ def _with_bert_specials(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def _save_atomically(tokenizer: Tokenizer, out_dir: Path) -> None:
+def save_tokenizer(tokenizer: Tokenizer, out_dir: str | os.PathLike) -> None:
+    """Writes a BERT WordPiece tokenizer (from `train_wordpiece`) as a folder
+    `load_tokenizer` and transformers' `AutoTokenizer` read: `tokenizer.json`,
+    `vocab.txt` and `tokenizer_config.json`, together: they are written to a temporary
+    folder next to `out_dir` that then replaces it."""
+    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tokenizer.save(str(staging / "tokenizer.json"))
