@@ -212,6 +212,20 @@ def test_regression_end_to_end_and_export(tmp_path, task_files, minilm_dir):
     assert last["eval_mse"] == pytest.approx(np.mean((predicted - [r["score"] for r in records]) ** 2), rel=1e-3)
 
 
+@pytest.mark.parametrize("task", ["classification", "ner"])
+def test_packed_training_takes_fewer_fuller_steps(tmp_path, task_files, minilm_dir, task):
+    """task.pack=all: training rows hold several examples each, so an epoch is fewer steps."""
+    if task == "ner":
+        files = subset(task_files, "ner", tmp_path, 96, 32)
+    else:
+        files = dict(zip(("train_file", "validation_file"), small_classification(task_files, tmp_path, 96)))
+    last = tiny_run(tmp_path / "work", minilm_dir, task, files, 1, seq_len=128,
+                    **{"task.pack": "all", "task.epochs": 1.0})
+    steps = json.loads((tmp_path / "work" / "config.json").read_text())["num_train_steps"]
+    assert 1 <= steps <= 96 / 16 / 1.5  # batches of 16 rows, at least 1.5 examples per row
+    assert np.isfinite(last["loss"]) and any(k.startswith("eval_") for k in last)
+
+
 def subset(task_files: Path, task: str, folder: Path, train_rows: int, validation_rows: int) -> dict:
     files = {}
     for split, rows in (("train", train_rows), ("validation", validation_rows)):
