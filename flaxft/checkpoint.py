@@ -11,7 +11,12 @@ Restores are abstract: the parameter shapes come from `jax.eval_shape`, never fr
 building the model on one device first.
 """
 
+import contextlib
+import gc
 import os
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -112,6 +117,34 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model, params
 
 
+@contextlib.contextmanager
+def _stderr_dropped_on_error(settle_s: float = 0.2):
+    """Holds back what is written to stderr (fd 2) while the block runs: written out
+    after it when it succeeds, dropped when it raises. A restore that fails on a damaged
+    file leaves TensorStore reads that call back into the asyncio loop Orbax has closed,
+    and each prints a "RuntimeError: Event loop is closed" traceback from a native
+    thread, during the restore and for a moment after (`settle_s`, collected then);
+    they must not bury the one-line error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            gc.collect()
+            time.sleep(settle_s)
+            raise
+        else:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            held.seek(0)
+            os.write(2, held.read())
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class TrainCheckpointer:
     """Checkpoints of a training run in WORKDIR/checkpoints: params, optimizer state,
     step and skipped-step count, the data loader's position, the model record and the
@@ -163,14 +196,15 @@ class TrainCheckpointer:
             saved = self._read_model_record(step, path)
             _check_same_model(saved, model, path)
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        params=ocp.args.StandardRestore(target.params),
-                        train_state=ocp.args.StandardRestore(_train_state_item(target)),
-                        data=ocp.args.JsonRestore(),
-                    ),
-                )
+                with _stderr_dropped_on_error():
+                    restored = self.manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            params=ocp.args.StandardRestore(target.params),
+                            train_state=ocp.args.StandardRestore(_train_state_item(target)),
+                            data=ocp.args.JsonRestore(),
+                        ),
+                    )
             except Exception as e:  # a damaged step: Orbax/TensorStore raise many kinds
                 if not fallback:
                     raise InputError(

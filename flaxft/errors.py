@@ -24,8 +24,13 @@ def exit_on_input_error(fn: Callable[[], object]) -> object:
 
 
 def fail(message: str) -> NoReturn:
-    """Prints a one-line error and exits with the bad-input code at once: background
-    threads (Orbax, TensorStore) left by a failed read must not add their own noise."""
+    """Prints a one-line error and exits with the bad-input code at once. Background
+    threads left by a failed read must not add their own noise (TensorStore's native
+    threads print "Event loop is closed" tracebacks once Orbax has closed its loop), so
+    stderr is pointed at /dev/null and the line goes out through a copy of it."""
     sys.stdout.flush()
-    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    os.write(stderr, f"error: {' '.join(message.split())}\n".encode())
     os._exit(EXIT_BAD_INPUT)
