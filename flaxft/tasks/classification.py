@@ -278,17 +278,10 @@ def pack_features(
     if "cls_positions" in arrays:
         raise ValueError("features are already packed")
     seq_len = seq_len or arrays["input_ids"].shape[1]
-    placed = packing.plan(arrays["attention_mask"].sum(1), seq_len, max_segments)
-    segment_ids = packing.segment_ids(placed)
-    packed = {
-        "input_ids": packing.pack_tokens(arrays["input_ids"], placed),
-        "attention_mask": (segment_ids > 0).astype(np.int32),
-        "token_type_ids": packing.pack_tokens(arrays["token_type_ids"], placed),
-        "segment_ids": segment_ids,
-        "cls_positions": packing.slots(placed.start.astype(np.int32), placed, max_segments),
-        "labels": packing.slots(arrays["labels"], placed, max_segments),
-        "label_weights": packing.slots(np.ones(len(features), np.float32), placed, max_segments),
-    }
+    placed, packed = packing.pack_inputs(arrays, seq_len, max_segments)
+    packed["cls_positions"] = packing.slots(placed.start.astype(np.int32), placed, max_segments)
+    packed["labels"] = packing.slots(arrays["labels"], placed, max_segments)
+    packed["label_weights"] = packing.slots(np.ones(len(features), np.float32), placed, max_segments)
     example_index = packing.slots(features.host["example_index"], placed, max_segments, fill=-1)
     return Features(packed, {**features.host, "example_index": example_index})
 

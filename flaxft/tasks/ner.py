@@ -211,15 +211,8 @@ def pack_features(features: Features, max_segments: int = packing.DEFAULT_MAX_SE
     arrays = features.arrays
     if "segment_ids" in arrays:
         raise ValueError("features are already packed")
-    placed = packing.plan(arrays["attention_mask"].sum(1), arrays["input_ids"].shape[1], max_segments)
-    segment_ids = packing.segment_ids(placed)
-    packed = {
-        "input_ids": packing.pack_tokens(arrays["input_ids"], placed),
-        "attention_mask": (segment_ids > 0).astype(np.int32),
-        "token_type_ids": packing.pack_tokens(arrays["token_type_ids"], placed),
-        "segment_ids": segment_ids,
-        "labels": packing.pack_tokens(arrays["labels"], placed, fill=IGNORE),
-    }
+    placed, packed = packing.pack_inputs(arrays, arrays["input_ids"].shape[1], max_segments)
+    packed["labels"] = packing.pack_tokens(arrays["labels"], placed, fill=IGNORE)
     return Features(packed, {**features.host, "packing": placed})
 
 

@@ -1,10 +1,10 @@
 """Packing: several short examples per row, so rows carry tokens instead of padding.
 
 An example is the first `length` positions of its unpacked row ([CLS] ... [SEP]). A
-`Packing` says which packed row and position each example moved to; the arrays of a
-packed split are made from it with `pack_tokens` (token fields), `segment_ids` and
-`slots` (one value per example, e.g. a label), and outputs of the model on packed rows
-are moved back with `unpack_tokens`. The model restarts positions and blocks attention
+`Packing` says which packed row and position each example moved to (`plan`); the
+arrays of a packed split are made from it with `pack_inputs` (the model inputs),
+`pack_tokens` (other per-token fields) and `slots` (one value per example, e.g. a
+label), and outputs of the model on packed rows are moved back with `unpack_tokens`. The model restarts positions and blocks attention
 at segment boundaries (`flaxft.models.bert`), so an example encodes as it would alone.
 """
 
@@ -101,3 +101,20 @@ def slots(values: np.ndarray, packing: Packing, max_segments: int, fill=0) -> np
     out = np.full((packing.num_rows, max_segments, *values.shape[1:]), fill, values.dtype)
     out[packing.row, packing.slot] = values
     return out
+
+
+def pack_inputs(arrays: dict[str, np.ndarray], seq_len: int, max_segments: int) -> tuple[Packing, dict]:
+    """Plans the packing of unpacked rows (input_ids, attention_mask, token_type_ids [N,
+    L], real tokens first) and packs those model inputs.
+
+    Returns the Packing and input_ids, attention_mask, token_type_ids, segment_ids
+    [R, seq_len] int32 (attention_mask = segment_ids > 0).
+    """
+    placed = plan(arrays["attention_mask"].sum(1), seq_len, max_segments)
+    segments = segment_ids(placed)
+    return placed, {
+        "input_ids": pack_tokens(arrays["input_ids"], placed),
+        "attention_mask": (segments > 0).astype(np.int32),
+        "token_type_ids": pack_tokens(arrays["token_type_ids"], placed),
+        "segment_ids": segments,
+    }
