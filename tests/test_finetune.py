@@ -317,3 +317,26 @@ def test_fine_tuning_bad_input(tmp_path, task_files, minilm_dir):
     with pytest.raises(InputError, match="init_from"):
         train.run(classification_config(train_file, validation_file), str(tmp_path / "w2"))
     assert not (tmp_path / "w1").exists() and not (tmp_path / "w2").exists()
+
+
+def test_bad_fine_tuning_data_exits_2_naming_file_and_label(tmp_path, task_files, minilm_dir):
+    train_file, _ = small_classification(task_files, tmp_path, rows=40)
+    validation_file = tmp_path / "dev.csv"
+    validation_file.write_text("text,label\nan example,no_such_family\n")
+    empty_file = tmp_path / "empty.csv"
+    empty_file.write_text("text,label\n")
+    for train_path, validation_path, expected in (
+        (train_file, validation_file, "'no_such_family'"),
+        (empty_file, validation_file, str(empty_file)),
+    ):
+        work = tmp_path / "work"
+        result = subprocess.run(
+            [sys.executable, "-m", "flaxft.main", "--config", "configs/finetune_classification.py",
+             "--workdir", str(work), f"--config.init_from={minilm_dir}",
+             f"--config.task.train_file={train_path}", f"--config.task.validation_file={validation_path}"],
+            cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], result.stderr
+        assert str(validation_path) in lines[0] or str(train_path) in lines[0]
+        assert not work.exists()
