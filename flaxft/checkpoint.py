@@ -117,6 +117,12 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model, params
 
 
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message`, cut to `limit` characters."""
+    text = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @contextlib.contextmanager
 def _stderr_dropped_on_error(settle_s: float = 0.2):
     """Holds back what is written to stderr (fd 2) while the block runs: written out
@@ -124,10 +130,16 @@ def _stderr_dropped_on_error(settle_s: float = 0.2):
     file leaves TensorStore reads that call back into the asyncio loop Orbax has closed,
     and each prints a "RuntimeError: Event loop is closed" traceback from a native
     thread, during the restore and for a moment after (`settle_s`, collected then);
-    they must not bury the one-line error."""
+    they must not bury the one-line error. Best effort: if stderr cannot be held (no
+    temporary file), the block runs with stderr as it is."""
     sys.stderr.flush()
+    try:
+        held = tempfile.TemporaryFile()
+    except OSError:
+        yield
+        return
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
+    try:
         os.dup2(held.fileno(), 2)
         try:
             yield
@@ -135,14 +147,17 @@ def _stderr_dropped_on_error(settle_s: float = 0.2):
             gc.collect()
             time.sleep(settle_s)
             raise
-        else:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            held.seek(0)
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        held.seek(0)
+        try:
             os.write(2, held.read())
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+        except OSError:  # stderr closed or a broken pipe: nothing to show it on
+            pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        held.close()
 
 
 class TrainCheckpointer:
@@ -208,10 +223,10 @@ class TrainCheckpointer:
             except Exception as e:  # a damaged step: Orbax/TensorStore raise many kinds
                 if not fallback:
                     raise InputError(
-                        f"{path}: checkpoint is unreadable ({type(e).__name__}); set "
+                        f"{path}: checkpoint is unreadable ({_first_line(e)}); set "
                         "config.checkpoint.fallback=True to resume from the step before it"
                     ) from None
-                print(f"{path}: checkpoint is unreadable ({type(e).__name__}); set aside, trying the step before")
+                print(f"{path}: checkpoint is unreadable ({_first_line(e)}); set aside, trying the step before")
                 if jax.process_index() == 0:
                     os.replace(path, self.root / f"{step}.corrupt")
                 self.manager.reload()

@@ -195,7 +195,7 @@ class Run:
     eval_step: Any  # (params, batch) -> device outputs; pure, jitted by the loop
     evaluate: Any  # (outputs_of: batch index -> host outputs) -> eval_ metrics; process 0 may write files
     init_params: Any  # from config.init_from, or None
-    write_tokenizer: Callable[[Path], None] | None  # writes WORKDIR/tokenizer when it is not there yet
+    write_tokenizer: Callable[[Path], Any] | None  # fills WORKDIR/tokenizer when it is not there yet
 
     @property
     def is_writer(self) -> bool:
@@ -208,7 +208,8 @@ def _tokenizer(config: ml_collections.ConfigDict, workdir: Path, documents: list
     trained now (saved)."""
     if config.data.tokenizer:
         tokenizer = data.load_tokenizer(config.data.tokenizer)
-        return tokenizer, functools.partial(hf.copy_tokenizer_files, config.data.tokenizer)
+        folder = Path(config.data.tokenizer).expanduser()  # a folder, or a file in one
+        return tokenizer, functools.partial(hf.copy_tokenizer_files, folder if folder.is_dir() else folder.parent)
     if (workdir / "tokenizer").is_dir():
         return data.load_tokenizer(str(workdir / "tokenizer")), None
     tokenizer = data.train_wordpiece(documents, config.model.vocab_size)
@@ -284,10 +285,12 @@ def _write_workdir(run: Run) -> None:
     if run.is_writer:
         folder = run.workdir / "tokenizer"
         if run.write_tokenizer is not None and not folder.exists():
-            staging = run.workdir / ".tokenizer.tmp"
+            staging = run.workdir / ".tokenizer.tmp"  # anything a crash left here goes with it
             shutil.rmtree(staging, ignore_errors=True)
-            run.write_tokenizer(staging)
-            os.replace(staging, folder)
+            (staging / folder.name).mkdir(parents=True)
+            run.write_tokenizer(staging / folder.name)
+            os.replace(staging / folder.name, folder)
+            shutil.rmtree(staging)
         (run.workdir / "config.json").write_text(config_lib.to_json(run.config))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("workdir written")

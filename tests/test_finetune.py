@@ -15,8 +15,9 @@ import transformers
 
 from flaxft import config as config_lib
 from flaxft import convert, finetune, hf, train
+from flaxft.data import load_tokenizer
 from flaxft.errors import InputError
-from flaxft.tasks import demo_data
+from flaxft.tasks import classification, demo_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,8 +128,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def pair_and_regression_files(task_files: Path, folder: Path) -> dict:
-    """Two local tasks from the demo classification rows: text pairs labelled by whether
-    both come from the same module family (half of them do), and a float score (the first text's share of
+    """Two local tasks from the demo classification rows: pairs of their first 12 words
+    labelled by whether both come from the same module family (half of them do), and a float score (the first text's share of
     words longer than six letters)."""
     splits = {}
     for split, size in (("train", 160), ("validation", 48)):
@@ -139,7 +140,7 @@ def pair_and_regression_files(task_files: Path, folder: Path) -> dict:
             a = rows[i % len(rows)]
             same = [r for r in rows if (r["label"] == a["label"]) == (i % 2 == 0) and r is not a]
             b = same[(7 * i + 3) % len(same)]  # half the pairs from one family, half from two
-            pairs.append({"sentence1": a["text"], "sentence2": b["text"],
+            pairs.append({"sentence1": " ".join(a["text"].split()[:12]), "sentence2": " ".join(b["text"].split()[:12]),
                           "label": "same" if a["label"] == b["label"] else "different"})
             words = a["text"].split()
             scores.append({"text": a["text"], "score": sum(len(w) > 6 for w in words) / max(len(words), 1)})
@@ -157,6 +158,9 @@ def test_pairs_packed_and_unpacked_evaluation_agree_and_export_predicts_the_same
     packed = tiny_run(tmp_path / "packed", minilm_dir, "classification", files, 12, **options)
     unpacked = tiny_run(tmp_path / "unpacked", minilm_dir, "classification", files, 12, **options,
                         **{"task.pack": "none"})
+    features = classification.build(load_tokenizer(str(minilm_dir)), 64, text_fields="sentence1,sentence2",
+                                    **{k: str(v) for k, v in files.items()}).validation
+    assert (features.host["example_index"] >= 0).sum(1).max() > 1  # rows really hold several pairs
     # Training is the same (unpacked rows in both); only the evaluation rows differ.
     assert {k: v for k, v in packed.items() if k.startswith("eval_")} == {
         k: v for k, v in unpacked.items() if k.startswith("eval_")}

@@ -3,6 +3,7 @@ SIGTERM, then the same command again; retention; corrupt checkpoints; NaN losses
 restoring onto another mesh; init_from."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -230,3 +231,13 @@ def test_init_from_each_source(tmp_path, corpus, minilm_dir):
     wide = ARCHITECTURES["BertForPreTraining"](config_lib.model_config(tiny_config(corpus, **{"model.hidden_size": 48})))
     with pytest.raises(InputError, match=r"bert/embeddings/LayerNorm/bias has shape \(32,\) .* needs \(48,\)"):
         checkpoint.load_init_params(str(source), wide, seed=0)
+
+
+def test_stderr_during_a_restore_is_replayed_on_success_and_dropped_on_failure(capfd):
+    with checkpoint._stderr_dropped_on_error():
+        os.write(2, b"kept\n")
+    with pytest.raises(ValueError), checkpoint._stderr_dropped_on_error(settle_s=0.0):
+        os.write(2, b"dropped\n")
+        raise ValueError("damaged")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "kept\nafter\n"

@@ -69,7 +69,7 @@ def train_wordpiece(documents: list[str], vocab_size: int, out_dir: str | None =
     sample, or reuse a published vocab).
 
     Returns:
-        The trained tokenizer (equal to `load_tokenizer(out_dir)`).
+        The trained tokenizer (equal to `load_tokenizer(out_dir)` when saved).
     """
     if vocab_size <= len(SPECIAL_TOKENS):
         raise InputError(f"vocab_size must exceed {len(SPECIAL_TOKENS)}, got {vocab_size}")

@@ -1,7 +1,7 @@
 """Sequence classification and regression (GLUE-style), optionally with packed rows.
 
 Host side: `build` (read splits, infer labels, tokenize), `prepare` (records -> rows),
-`pack` (several short examples per row), `evaluate` (model outputs -> metrics and
+`pack_features` (several short examples per row), `evaluate` (model outputs -> metrics and
 per-example predictions). Device side, as `flaxft.tasks.pretraining`: `architecture`,
 `model_inputs`, `normalizers`, `loss_and_metrics`, plus `eval_outputs` (what an eval
 step returns for `evaluate`).
@@ -281,7 +281,8 @@ def pack_features(
     placed, packed = packing.pack_inputs(arrays, seq_len, max_segments)
     packed["cls_positions"] = packing.slots(placed.start.astype(np.int32), placed, max_segments)
     packed["labels"] = packing.slots(arrays["labels"], placed, max_segments)
-    packed["label_weights"] = packing.slots(np.ones(len(features), np.float32), placed, max_segments)
+    ones = np.ones(len(features), np.float32)
+    packed["label_weights"] = packing.slots(ones, placed, max_segments)
     example_index = packing.slots(features.host["example_index"], placed, max_segments, fill=-1)
     return Features(packed, {**features.host, "example_index": example_index})
 
@@ -326,7 +327,9 @@ def evaluate(
     else:
         predictions = [
             {"index": i, "label": names[g], "prediction": names[p], "probability": float(q)}
-            for i, (g, p, q) in enumerate(zip(gold.tolist(), predicted.tolist(), _softmax_max(logits)))
+            for i, (g, p, q) in enumerate(
+                zip(gold.tolist(), predicted.tolist(), _softmax_max(logits))
+            )
         ]
     return scores, predictions
 

@@ -4,8 +4,9 @@ An example is the first `length` positions of its unpacked row ([CLS] ... [SEP])
 `Packing` says which packed row and position each example moved to (`plan`); the
 arrays of a packed split are made from it with `pack_inputs` (the model inputs),
 `pack_tokens` (other per-token fields) and `slots` (one value per example, e.g. a
-label), and outputs of the model on packed rows are moved back with `unpack_tokens`. The model restarts positions and blocks attention
-at segment boundaries (`flaxft.models.bert`), so an example encodes as it would alone.
+label), and outputs of the model on packed rows are moved back with `unpack_tokens`.
+The model restarts positions and blocks attention at segment boundaries
+(`flaxft.models.bert`), so an example encodes as it would alone.
 """
 
 import dataclasses
@@ -42,7 +43,9 @@ def plan(lengths: np.ndarray, seq_len: int, max_segments: int) -> Packing:
     if max_segments < 1:
         raise ValueError(f"max_segments must be >= 1, got {max_segments}")
     if len(lengths) and lengths.max() > seq_len:
-        raise ValueError(f"an example has {lengths.max()} tokens, more than the packed rows' {seq_len}")
+        raise ValueError(
+            f"an example has {lengths.max()} tokens, more than the packed rows' {seq_len}"
+        )
     open_rows: list[list[int]] = [[] for _ in range(seq_len + 1)]  # room -> rows with that room
     has_room = 0  # bit r set <=> open_rows[r] is non-empty
     room: list[int] = []
@@ -90,10 +93,10 @@ def unpack_tokens(values: np.ndarray, packing: Packing, row_len: int, fill=0) ->
 
 def segment_ids(packing: Packing) -> np.ndarray:
     """[R, seq_len] int32: 1..k for the examples of a row in order, 0 on padding."""
-    return pack_tokens(
-        np.broadcast_to((packing.slot + 1)[:, None], (len(packing.row), packing.seq_len)).astype(np.int32),
-        packing,
-    )
+    out = np.zeros((packing.num_rows, packing.seq_len), np.int32)
+    for r, s, n, k in zip(packing.row, packing.start, packing.length, packing.slot):
+        out[r, s : s + n] = k + 1
+    return out
 
 
 def slots(values: np.ndarray, packing: Packing, max_segments: int, fill=0) -> np.ndarray:
@@ -103,7 +106,9 @@ def slots(values: np.ndarray, packing: Packing, max_segments: int, fill=0) -> np
     return out
 
 
-def pack_inputs(arrays: dict[str, np.ndarray], seq_len: int, max_segments: int) -> tuple[Packing, dict]:
+def pack_inputs(
+    arrays: dict[str, np.ndarray], seq_len: int, max_segments: int
+) -> tuple[Packing, dict]:
     """Plans the packing of unpacked rows (input_ids, attention_mask, token_type_ids [N,
     L], real tokens first) and packs those model inputs.
 
