@@ -18,6 +18,7 @@ from flaxft import convert, finetune, hf, train
 from flaxft.data import load_tokenizer
 from flaxft.errors import InputError
 from flaxft.tasks import classification, demo_data
+from tests.tiny import set_dotted
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,13 +51,7 @@ def classification_config(train_file, validation_file, **overrides):
                        text_fields="text", epochs=0.0)
     config.update(num_train_steps=30, global_batch_size=16, seq_len=48, learning_rate=1e-4, warmup_steps=3,
                   log_every_steps=10, eval_every_steps=30, checkpoint_every_steps=30)
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
+    return set_dotted(config, overrides)
 
 
 @pytest.mark.slow
@@ -104,13 +99,7 @@ def tiny_run(workdir: Path, tokenizer_dir: Path, task: str, files: dict, steps: 
     config.update(num_train_steps=steps, global_batch_size=16, seq_len=64, learning_rate=1e-3, warmup_steps=2,
                   log_every_steps=steps, eval_every_steps=steps, checkpoint_every_steps=steps)
     config.data.tokenizer = str(tokenizer_dir)
-    for key, value in {**TINY_MODEL, **overrides}.items():
-        *parents, leaf = key.split(".")
-        target = config
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return train.run(config, str(workdir))
+    return train.run(set_dotted(config, {**TINY_MODEL, **overrides}), str(workdir))
 
 
 def export(workdir: Path, out: Path) -> Path:

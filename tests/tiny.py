@@ -27,7 +27,12 @@ def tiny_config(corpus: Path, **overrides):
     config.data.update(path=str(corpus), max_predictions_per_seq=5, eval_fraction=0.05)
     config.model.update(vocab_size=600, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
-    for key, value in overrides.items():
+    return set_dotted(config, overrides)
+
+
+def set_dotted(config, values: dict):
+    """Sets dotted keys ("model.hidden_size") of `config` to `values`; returns config."""
+    for key, value in values.items():
         target = config
         *parents, leaf = key.split(".")
         for parent in parents:
