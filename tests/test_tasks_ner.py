@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxft.data import load_tokenizer
 from flaxft.errors import InputError
 from flaxft.models import BertOutput
 from flaxft.tasks import ner
@@ -15,11 +14,6 @@ from flaxft.tasks.records import Split
 
 SEQ_LEN = 24
 TAGS = ["B-LOC", "B-PER", "I-PER", "O"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return load_tokenizer(str(minilm_dir))
 
 
 def write_jsonl(path, rows):

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxft.data import load_tokenizer
 from flaxft.errors import InputError
 from flaxft.models import BertOutput
 from flaxft.tasks import qa
@@ -26,11 +25,6 @@ def record(
         {"text": [answer], "answer_start": [start]} if answer else {"text": [], "answer_start": []}
     )
     return {"id": id_, "question": question, "context": context, "answers": answers}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return load_tokenizer(str(minilm_dir))
 
 
 def perfect_logits(features):
