@@ -31,13 +31,20 @@ def test_flops_match_a_hand_count():
     # D=16, F=24, V=50, 2 layers; B=3 rows of L=8 tokens, M=2 predictions per row.
     # Per token per layer: q, k, v, out 4*16*16 = 1024 weights, MLP 2*16*24 = 768:
     # 6 * 1792 = 10752; attention 3 (fwd+bwd) * 2 (QK^T, PV) * 2 * 8 * 16 = 1536.
-    encoder = 3 * 8 * 2 * (10752 + 1536)  # 589,824
+    first_layer = 3 * 8 * (10752 + 1536)  # 294,912
+    # The last layer's keys and values at all 8 tokens (6 * 2*16*16 = 3072 each); query,
+    # output projection, MLP (6 * (512 + 768) = 7680) and attention (1536) only at the
+    # 2 masked positions plus the pooled first token with NSP (3 rows), else 2 rows.
+    last_layer = {True: 3 * (8 * 3072 + 3 * (7680 + 1536)), False: 3 * (8 * 3072 + 2 * (7680 + 1536))}
     mlm = 3 * 2 * 6 * (16 * 16 + 16 * 50)  # transform + tied decoder at 6 positions: 38,016
     nsp = 3 * 6 * (16 * 16 + 16 * 2)  # pooler + NSP per row: 5,184
-    assert bench.model_flops_per_step(SMALL, 3, 8, 2, with_nsp=True) == encoder + mlm + nsp == 633_024
-    assert bench.model_flops_per_step(SMALL, 3, 8, 2, with_nsp=False) == encoder + mlm
-    # The peer's full-vocabulary head is M = L.
-    assert bench.model_flops_per_step(SMALL, 3, 8, 8, True) == encoder + 3 * 8 * 6 * (16 * 16 + 16 * 50) + nsp
+    expected = first_layer + last_layer[True] + mlm + nsp
+    assert bench.model_flops_per_step(SMALL, 3, 8, 2, with_nsp=True) == expected == 494_784
+    assert bench.model_flops_per_step(SMALL, 3, 8, 2, with_nsp=False) == first_layer + last_layer[False] + mlm
+    # A last layer computing every row, and the peer's full-vocabulary head (M = L).
+    full_encoder = 2 * first_layer
+    assert bench.model_flops_per_step(SMALL, 3, 8, 2, True, last_layer_rows=8) == full_encoder + mlm + nsp
+    assert bench.model_flops_per_step(SMALL, 3, 8, 8, True) == full_encoder + 3 * 8 * 6 * (16 * 16 + 16 * 50) + nsp
 
 
 def _dot_flops(jaxpr) -> int:
@@ -63,10 +70,11 @@ def _dot_flops(jaxpr) -> int:
 @pytest.mark.parametrize(
     "architecture, with_nsp, scan_layers, masked",
     [(BertForPreTraining, True, False, True), (BertForPreTraining, True, True, False),
-     (BertForMaskedLM, False, True, True)],
+     (BertForMaskedLM, False, False, True), (BertForMaskedLM, False, True, True)],
 )
 def test_flops_equal_the_matmuls_jax_differentiates(architecture, with_nsp, scan_layers, masked):
-    """The formula counts exactly the dot_general FLOPs of the model's gradient, dropout on."""
+    """The formula counts exactly the dot_general FLOPs of the model's gradient, dropout on
+    (a scanned last layer computes every row, so it is counted at all of them)."""
     batch, length, predictions = 3, 8, 2
     model = architecture(SMALL.replace(scan_layers=scan_layers))
     params = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0), length)))
@@ -80,7 +88,8 @@ def test_flops_equal_the_matmuls_jax_differentiates(architecture, with_nsp, scan
 
     counted = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
     m = predictions if masked else length
-    assert counted == bench.model_flops_per_step(SMALL, batch, length, m, with_nsp)
+    last_rows = length if scan_layers else None
+    assert counted == bench.model_flops_per_step(SMALL, batch, length, m, with_nsp, last_rows)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flaxft.models import ARCHITECTURES, LOGICAL_AXES, BertConfig, BertForPreTraining, init_params
-from flaxft.models.bert import attention_with_dropout, segment_positions
+from flaxft.models.bert import attention_with_dropout, dropout, segment_positions
 from flaxft.models.layout import with_layer_layout
 
 CONFIG = BertConfig(
@@ -55,15 +55,39 @@ def test_packed_row_gives_each_segment_its_own_outputs(scan_layers):
     np.testing.assert_allclose(out.pooler_output, alone_a.pooler_output, rtol=0, atol=1e-5)
 
 
-def test_masked_positions_give_the_full_logits_there():
-    model = BertForPreTraining(CONFIG)
+@pytest.mark.parametrize("architecture", ["BertForPreTraining", "BertForMaskedLM"])
+@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_masked_positions_give_the_full_outputs_there(architecture, scan_layers, packed):
+    """With masked_positions the last layer computes only those rows (and the pooled first
+    token): logits, hidden states and NSP equal the full computation's at those positions,
+    with padding keys and packed segments (a query-dependent mask) too."""
+    model = ARCHITECTURES[architecture](CONFIG.replace(scan_layers=scan_layers))
     params = _params(model)
     ids = np.random.default_rng(1).integers(0, 101, (3, 16))
     positions = np.array([[0, 5, 9, 15], [1, 2, 3, 0], [7, 7, 8, 14]])
-    full = model.apply({"params": params}, ids).mlm_logits
-    masked = model.apply({"params": params}, ids, masked_positions=positions).mlm_logits
-    assert masked.shape == (3, 4, 101)
-    np.testing.assert_allclose(masked, np.take_along_axis(np.asarray(full), positions[..., None], 1), atol=1e-6)
+    inputs = {"attention_mask": (np.arange(16) < np.array([[16], [12], [15]])).astype(np.int32)}
+    if packed:
+        inputs = {"segment_ids": np.repeat([[1, 1, 2, 3], [1, 2, 2, 0], [1, 1, 1, 2]], 4, axis=1)}
+    full = model.apply({"params": params}, ids, **inputs)
+    masked = model.apply({"params": params}, ids, **inputs, masked_positions=positions)
+    assert masked.mlm_logits.shape == (3, 4, 101) and masked.last_hidden_state.shape == (3, 4, 24)
+    at = lambda x: np.take_along_axis(np.asarray(x), positions[..., None], 1)  # noqa: E731
+    np.testing.assert_allclose(masked.mlm_logits, at(full.mlm_logits), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(masked.last_hidden_state, at(full.last_hidden_state), rtol=0, atol=1e-5)
+    if architecture == "BertForPreTraining":
+        np.testing.assert_allclose(masked.nsp_logits, full.nsp_logits, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(masked.pooler_output, full.pooler_output, rtol=0, atol=1e-5)
+
+
+def test_dropout_drops_the_configured_rate_unbiased():
+    x = jnp.ones((400, 1000))
+    for rate in (0.1, 0.5, 0.9):
+        y = dropout(x, rate, jax.random.key(0))
+        assert abs(float((y == 0).mean()) - rate) < 0.004, rate
+        assert abs(float(y.mean()) - 1.0) < 0.01, rate
+    np.testing.assert_array_equal(dropout(x, 0.0, jax.random.key(0)), x)
+    np.testing.assert_array_equal(dropout(x, 0.1, jax.random.key(1)), dropout(x, 0.1, jax.random.key(1)))
 
 
 def test_heads_without_mlm_refuse_masked_positions():
@@ -149,6 +173,10 @@ def test_config_rejects_bad_values():
         CONFIG.replace(hidden_size=25)
     with pytest.raises(InputError, match="hidden_act"):
         CONFIG.replace(hidden_act="swiglu")
+    with pytest.raises(InputError, match="attention_probs_dropout_prob"):
+        CONFIG.replace(attention_probs_dropout_prob=1.0)
+    with pytest.raises(InputError, match="classifier_dropout"):
+        CONFIG.replace(classifier_dropout=-0.1)
     with pytest.raises(InputError, match="unknown model config"):
         BertConfig.from_dict({**CONFIG.to_dict(), "hiddn_size": 3})
     assert BertConfig.from_dict(CONFIG.to_dict()) == CONFIG

@@ -73,6 +73,10 @@ class BertConfig:
                       "num_labels"):
             if getattr(self, field) < 1:
                 raise InputError(f"model.{field} must be positive, got {getattr(self, field)}")
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            rate = getattr(self, field)
+            if rate is not None and not 0.0 <= rate < 1.0:
+                raise InputError(f"model.{field} must be in [0, 1), got {rate}")
 
     @property
     def head_dim(self) -> int:

@@ -9,13 +9,16 @@ masked positions per row.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxft.models.bert import Array, BertModule, BertOutput, activation, dense, layer_norm
+from flaxft.models.bert import (
+    Array,
+    BertModule,
+    BertOutput,
+    Dropout,
+    activation,
+    dense,
+    layer_norm,
+)
 from flaxft.models.config import BertConfig
-
-
-def gather_positions(x_BLD: Array, positions_BM: Array) -> Array:
-    """Rows of x at the given positions of each sequence. [B, M, D]."""
-    return jnp.take_along_axis(x_BLD, positions_BM[:, :, None], axis=1)
 
 
 class BertMLMHead(nn.Module):
@@ -55,6 +58,7 @@ class _BertWithHead(nn.Module):
 
     config: BertConfig
     add_pooling_layer = True
+    has_mlm_head = False
 
     def setup(self):
         self.bert = BertModule(self.config, add_pooling_layer=self.add_pooling_layer)
@@ -78,32 +82,34 @@ class _BertWithHead(nn.Module):
 
         attention_mask, token_type_ids, position_ids, segment_ids: [B, L], see
         `BertModule.__call__`. masked_positions [B, M]: MLM heads score the vocabulary
-        only there (mlm_logits [B, M, V]); without it, at every position ([B, L, V]).
+        only there (mlm_logits [B, M, V]; last_hidden_state is then [B, M, D] and the last
+        layer computes only those rows); without it, at every position ([B, L, V]).
         deterministic: False turns dropout on (needs a "dropout" rng).
         cls_positions [B, K]: first token of each packed segment; heads on the pooler then
         give one output per segment (sequence classification: logits [B, K, num_labels]).
         """
-        out = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, segment_ids, deterministic, cls_positions
-        )
-        return self.head(out, masked_positions, deterministic)
-
-    def head(self, out: BertOutput, masked_positions: Array | None, deterministic: bool) -> BertOutput:
-        if masked_positions is not None:
+        if masked_positions is not None and not self.has_mlm_head:
             raise ValueError(f"{type(self).__name__} has no MLM head to take masked_positions")
-        return out
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            segment_ids,
+            deterministic,
+            cls_positions,
+            output_positions_BM=masked_positions,
+        )
+        return self.head(out, deterministic)
 
-    def mlm_logits(self, out: BertOutput, masked_positions: Array | None) -> Array:
-        x_BMD = out.last_hidden_state
-        if masked_positions is not None:
-            x_BMD = gather_positions(x_BMD, masked_positions)
-        return self.mlm(x_BMD, self.bert)
+    def head(self, out: BertOutput, deterministic: bool) -> BertOutput:
+        return out
 
     def setup_classifier(self):
         """Dropout (classifier_dropout, else hidden_dropout_prob) and a D -> num_labels dense."""
         cfg = self.config
         rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
-        self.dropout = nn.Dropout(rate)
+        self.dropout = Dropout(rate)
         self.classifier = dense(cfg, cfg.num_labels, ("embed", "classes"), ("classes",), "classifier")
 
 
@@ -114,25 +120,28 @@ class BertModel(_BertWithHead):
 class BertForPreTraining(_BertWithHead):
     """Masked LM and next-sentence prediction: mlm_logits and nsp_logits [B, 2]."""
 
+    has_mlm_head = True
+
     def setup_head(self):
         self.mlm = BertMLMHead(self.config)
         self.nsp = dense(self.config, 2, ("embed", "classes"), ("classes",), "nsp")
 
-    def head(self, out, masked_positions, deterministic):
+    def head(self, out, deterministic):
         nsp_B2 = self.nsp(out.pooler_output).astype(jnp.float32)
-        return out.replace(mlm_logits=self.mlm_logits(out, masked_positions), nsp_logits=nsp_B2)
+        return out.replace(mlm_logits=self.mlm(out.last_hidden_state, self.bert), nsp_logits=nsp_B2)
 
 
 class BertForMaskedLM(_BertWithHead):
     """Masked LM without NSP or pooler: mlm_logits."""
 
     add_pooling_layer = False
+    has_mlm_head = True
 
     def setup_head(self):
         self.mlm = BertMLMHead(self.config)
 
-    def head(self, out, masked_positions, deterministic):
-        return out.replace(mlm_logits=self.mlm_logits(out, masked_positions))
+    def head(self, out, deterministic):
+        return out.replace(mlm_logits=self.mlm(out.last_hidden_state, self.bert))
 
 
 class BertForSequenceClassification(_BertWithHead):
@@ -142,8 +151,7 @@ class BertForSequenceClassification(_BertWithHead):
     def setup_head(self):
         self.setup_classifier()
 
-    def head(self, out, masked_positions, deterministic):
-        super().head(out, masked_positions, deterministic)
+    def head(self, out, deterministic):
         pooled_BD = self.dropout(out.pooler_output, deterministic)
         return out.replace(logits=self.classifier(pooled_BD).astype(jnp.float32))
 
@@ -156,8 +164,7 @@ class BertForTokenClassification(_BertWithHead):
     def setup_head(self):
         self.setup_classifier()
 
-    def head(self, out, masked_positions, deterministic):
-        super().head(out, masked_positions, deterministic)
+    def head(self, out, deterministic):
         x_BLD = self.dropout(out.last_hidden_state, deterministic)
         return out.replace(logits=self.classifier(x_BLD).astype(jnp.float32))
 
@@ -170,8 +177,7 @@ class BertForQuestionAnswering(_BertWithHead):
     def setup_head(self):
         self.qa_outputs = dense(self.config, 2, ("embed", "classes"), ("classes",), "qa_outputs")
 
-    def head(self, out, masked_positions, deterministic):
-        super().head(out, masked_positions, deterministic)
+    def head(self, out, deterministic):
         logits_BL2 = self.qa_outputs(out.last_hidden_state).astype(jnp.float32)
         return out.replace(start_logits=logits_BL2[..., 0], end_logits=logits_BL2[..., 1])
 
@@ -195,4 +201,4 @@ def init_params(model: _BertWithHead, rng: Array, seq_len: int = 8) -> dict:
     return model.init(rng, ids)["params"]
 
 
-__all__ = ["ARCHITECTURES", "BertOutput", "gather_positions", "init_params", *ARCHITECTURES]
+__all__ = ["ARCHITECTURES", "BertOutput", "init_params", *ARCHITECTURES]
