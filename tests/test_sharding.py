@@ -84,8 +84,7 @@ def test_fsdp_shards_parameters_and_optimizer_state_over_embed():
     assert params[layer + "['attention']['query']['kernel']"] == (8, 4, 16)  # [64, 4, 16] over embed
     assert params[layer + "['mlp']['output']['kernel']"] == (128, 8)  # [128, 64]
     assert params["['bert']['embeddings']['word_embeddings']['embedding']"] == (512, 8)
-    adam = shardings.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
-    mu = _shard_shapes(adam.mu, abstract.opt_state[1][0].mu)
+    mu = _shard_shapes(shardings.opt_state.mu, abstract.opt_state.mu)  # optim.AdamWState
     assert mu[layer + "['attention']['query']['kernel']"] == (8, 4, 16)
     total = sharding.bytes_per_device(abstract.params, shardings.params)
     assert total < sum(x.size * 4 for x in jax.tree.leaves(abstract.params)) / 6  # nearly 1/8 each
