@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from flaxft.models import ARCHITECTURES, LOGICAL_AXES, BertConfig, BertForPreTraining, init_params
-from flaxft.models.bert import attention_with_dropout, dropout, segment_positions
+from flaxft.models.bert import attention_with_dropout, segment_positions
+from flaxft.models.dropout import dropout, random_bits16
 from flaxft.models.layout import with_layer_layout
 
 CONFIG = BertConfig(
@@ -88,6 +89,17 @@ def test_dropout_drops_the_configured_rate_unbiased():
         assert abs(float(y.mean()) - 1.0) < 0.01, rate
     np.testing.assert_array_equal(dropout(x, 0.0, jax.random.key(0)), x)
     np.testing.assert_array_equal(dropout(x, 0.1, jax.random.key(1)), dropout(x, 0.1, jax.random.key(1)))
+
+
+@pytest.mark.parametrize("key", [jax.random.key(7), jax.random.PRNGKey(7), jax.random.key(7, impl="rbg")],
+                         ids=["typed", "raw", "rbg"])
+def test_random_bits16_are_jax_random_bits(key):
+    """The unrolled Threefry draws exactly jax.random.bits' numbers (and other key kinds
+    fall back to jax.random), inside jit too."""
+    for shape in [(3, 5, 7), (2, 12, 16, 16)]:
+        expected = jax.random.bits(key, shape, jnp.uint16)
+        np.testing.assert_array_equal(random_bits16(key, shape), expected)
+        np.testing.assert_array_equal(jax.jit(random_bits16, static_argnums=1)(key, shape), expected)
 
 
 def test_heads_without_mlm_refuse_masked_positions():

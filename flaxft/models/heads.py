@@ -13,12 +13,12 @@ from flaxft.models.bert import (
     Array,
     BertModule,
     BertOutput,
-    Dropout,
     activation,
     dense,
     layer_norm,
 )
 from flaxft.models.config import BertConfig
+from flaxft.models.dropout import Dropout
 
 
 class BertMLMHead(nn.Module):
