@@ -17,6 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from absl import flags, logging  # noqa: E402
 from flaxft import cli  # noqa: E402
 from flaxft.errors import fail  # noqa: E402
+from flaxft.host_memory import exec_with_huge_pages  # noqa: E402
 
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
@@ -64,4 +65,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exec_with_huge_pages()
     main()

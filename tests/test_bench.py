@@ -132,6 +132,7 @@ def test_cli_runs_the_train_step_and_the_loader(tmp_path):
     assert out["model_flops_per_step"] == bench.model_flops_per_step(config, 8, 32, 5, with_nsp=True)
     assert out["model_flops_per_token"] == out["model_flops_per_step"] / (8 * 32)
     assert len(out["step_times_s"]) == 2 and out["step_time_s"] > 0
+    assert out["host_page_faults_per_step"] >= 0
     assert out["tokens_per_sec"] == pytest.approx(8 * 32 / out["step_time_s"])
     assert 0 < out["mfu"] and 0 < out["mfu_cpu_time"]
     assert out["compile_s"] > 0 and out["peak_host_mem_gb"] > 0.1
