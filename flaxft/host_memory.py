@@ -6,7 +6,7 @@ fresh mmap and unmaps it on free, so every step the kernel faults in and zeroes 
 4 KB page again: ~290K page faults and ~0.7 s of system CPU per bert_base step on a
 2-core machine. With glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for
 transparent huge pages (2 MB) instead: ~1.5K faults per step, 0.15 s of system CPU, fewer
-TLB misses, and the same or lower peak memory (bert_base step 1.08-1.15x).
+TLB misses, and the same peak memory (bert_base step 1.03-1.15x in alternating runs).
 
 Tunables are read when a process starts, so the command line entry points re-execute
 themselves once with the tunable set (`exec_with_huge_pages`).
