@@ -96,6 +96,8 @@ def test_dropout_drops_the_configured_rate_unbiased():
 def test_random_bits16_are_jax_random_bits(key):
     """The unrolled Threefry draws exactly jax.random.bits' numbers (and other key kinds
     fall back to jax.random), inside jit too."""
+    primitives = {e.primitive.name for e in jax.make_jaxpr(random_bits16, static_argnums=1)(key, (2, 3)).jaxpr.eqns}
+    assert ("random_bits" in primitives) == (jax.random.key_impl(key) != jax.random.key_impl(jax.random.key(0)))
     for shape in [(3, 5, 7), (2, 12, 16, 16)]:
         expected = jax.random.bits(key, shape, jnp.uint16)
         np.testing.assert_array_equal(random_bits16(key, shape), expected)
