@@ -3,23 +3,23 @@
     python -m flaxft.bench --config configs/pretrain_bert_base.py --steps 10 [--warmup 2] \
         [--config.global_batch_size=8 ...] [--what train|data|all]
 
-`--what train` (default) runs `flaxft.train.train_step`, jitted as `flaxft.train.run` jits
-it (mesh and logical-axis rules from `train.layout`, state laid out by
-`train.state_layout` and created by `train.init_train_state`, explicit in/out shardings,
-state donated), on a synthetic full-length batch of the config's shape:
-global_batch_size rows of seq_len real tokens, max_predictions_per_seq masked positions
-per row, NSP labels for `data.format == "bert"`. Every timed step is waited for
-(`jax.block_until_ready` on the new state and metrics), so a step's time is its real
-device time plus one dispatch.
+The run is built by the same setup the CLI uses (`flaxft.pretrain.setup`, in a temporary
+workdir). `--what train` (default) runs `flaxft.loop.train_step`, jitted as the loop jits
+it (the run's mesh and logical-axis rules, state laid out by `loop.abstract_state` and
+created by `loop.init_train_state`, explicit in/out shardings, state donated), on a
+synthetic full-length batch of the config's shape: global_batch_size rows of seq_len
+real tokens, max_predictions_per_seq masked positions per row, NSP labels for
+`data.format == "bert"`. Every timed step is waited for (`jax.block_until_ready` on the
+new state and metrics), so a step's time is its real device time plus one dispatch.
 
-`--what data` times the pretraining loader (`flaxft.data.PretrainLoader`, the config's
-format, masking and shape, no prefetch thread) on the config's corpus; `--what all` does
-both and reports how many times faster the loader makes tokens than the step eats them.
+`--what data` times the run's pretraining loader (the config's corpus, format, masking
+and shape; batches made on this thread); `--what all` does both and reports how many
+times faster the loader makes tokens than the step eats them.
 
 The last line printed is one JSON object (fields in `_JSON_FIELDS`); a human-readable
 summary comes before it. Bad input exits 2 with one line.
 
-MFU is model FLOPs per second (`model_flops_per_step`, the work the model needs, not
+MFU is model FLOPs per second (the family's `train_flops`: the work the model needs, not
 what XLA happens to execute) over the peak of the devices used: the published dense
 bf16 peak for known TPU / GPU kinds, else (CPU) a peak measured here with a large
 float32 matmul on all local devices at once (before and after the timed steps; the
@@ -30,18 +30,18 @@ moves far less than the wall-clock `mfu`.
 
 import functools
 import json
-import os
 import resource
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from flaxft import cli
+
+cli.set_offline_defaults()
 
 from flaxft.errors import InputError, fail  # noqa: E402
 from flaxft.host_memory import exec_with_huge_pages  # noqa: E402
-from flaxft.models.config import BertConfig  # noqa: E402
 
 # Dense bf16 peak FLOP/s per chip, as published. Matched as lowercase substrings of
 # jax's device_kind, first match wins (so the more specific names come first).
@@ -69,64 +69,6 @@ _JSON_FIELDS = (
     "compile_s", "peak_host_mem_gb", "device_mem_gb", "device_kind", "device_count",
     "peak_flops_per_device", "peak_flops_source",
 )
-
-
-# ----------------------------------------------------------------------------- FLOPs
-
-
-def model_flops_per_step(
-    model_config: BertConfig,
-    batch: int,
-    seq_len: int,
-    max_predictions: int,
-    with_nsp: bool,
-    last_layer_rows: int | None = None,
-) -> float:
-    """Model FLOPs of one training step (forward + backward) of a BERT encoder with an MLM
-    head scored at `max_predictions` positions per row, plus the pooler and NSP head when
-    `with_nsp`.
-
-    A matmul of an [n, k] activation with a [k, m] weight costs 2nkm FLOPs forward (a
-    multiply and an add per term) and 4nkm backward (gradient of the activation and of the
-    weight): 6 FLOPs per weight per row it is applied to. With D = hidden_size,
-    F = intermediate_size, V = vocab_size, L = seq_len, M = max_predictions, per token:
-
-    - encoder weights, per layer: query, key, value and attention output projections
-      4 D^2, MLP D F + F D = 2 D F; so 6 (4 D^2 + 2 D F) per layer.
-    - attention scores Q K^T and context P V: each 2 L D per token per layer forward
-      (every query meets all L keys in every head: N heads x H = D; an encoder attends
-      in both directions, so no causal halving), x3 for forward + backward: 12 L D.
-    - embeddings: lookups (gathers, and scatter-adds backward), not matmuls: 0.
-
-    The loss reads the last layer only at the M masked positions and the pooled first
-    token, so the last layer's query, attention, output projection and MLP are counted
-    at `last_layer_rows` = min(L, M + 1 with NSP, else M) rows per row of the batch (its
-    keys and values at all L): the work the model needs. `last_layer_rows=L` counts a
-    last layer that computes every row (scan_layers does).
-
-    Per masked position (M per row; BERT scores the vocabulary only there):
-    - MLM transform D x D and decoder D x V (the tied word embeddings): 6 (D^2 + D V).
-      Per row when `with_nsp`: pooler D x D on the first token and NSP D x 2: 6 (D^2 + 2 D).
-
-    Biases, LayerNorm, activations, softmax, dropout, losses and the optimizer update are
-    O(parameters + activations), a rounding error next to these, and not counted (as in
-    the PaLM / MaxText MFU convention). Remat recomputation is not model work: not counted.
-
-    Returns FLOPs per step for `batch` rows of `seq_len` tokens.
-    """
-    d, f, v = model_config.hidden_size, model_config.intermediate_size, model_config.vocab_size
-    if last_layer_rows is None:
-        last_layer_rows = min(seq_len, max_predictions + (1 if with_nsp else 0))
-
-    def layer(query_rows: int) -> int:
-        keys_values = seq_len * 6 * 2 * d * d
-        per_query = 6 * (2 * d * d + 2 * d * f) + 3 * 2 * 2 * seq_len * d
-        return batch * (keys_values + query_rows * per_query)
-
-    encoder = (model_config.num_hidden_layers - 1) * layer(seq_len) + layer(last_layer_rows)
-    mlm = batch * max_predictions * 6 * (d * d + d * v)
-    nsp = batch * 6 * (d * d + 2 * d) if with_nsp else 0
-    return float(encoder + mlm + nsp)
 
 
 # ----------------------------------------------------------------------------- peak
@@ -216,40 +158,41 @@ def synthetic_batch(config, rows: int, seed: int = 0) -> dict:
     }
 
 
-def bench_train(config, steps: int, warmup: int, matmul_size: int = 2048) -> dict:
-    """Times the real train step on a synthetic batch; returns the JSON fields."""
+def prepared_run(config, workdir: Path):
+    """The pretraining run `config` describes, built by the CLI's own setup in `workdir`."""
+    from flaxft import config as config_lib
+    from flaxft import pretrain
+
+    config_lib.validate(config)
+    if config.task.name != "pretraining":
+        raise InputError(f"config.task.name is {config.task.name!r}: flaxft.bench measures pretraining configs")
+    if config.data.max_predictions_per_seq >= config.seq_len:
+        raise InputError("config.data.max_predictions_per_seq must be below config.seq_len ([CLS] is never masked)")
+    return pretrain.setup(config, workdir)
+
+
+def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048) -> dict:
+    """Times the run's train step on a synthetic batch; returns the JSON fields."""
     import flax.linen as nn
     import jax
     import numpy as np
 
-    from flaxft import config as config_lib
-    from flaxft import optim, sharding, train
-    from flaxft.models import ARCHITECTURES
-    from flaxft.tasks import pretraining
+    from flaxft import loop, sharding
+    from flaxft.models import family_of
 
-    config_lib.validate(config)
-    if config.data.max_predictions_per_seq >= config.seq_len:
-        raise InputError("config.data.max_predictions_per_seq must be below config.seq_len ([CLS] is never masked)")
-    if config.task.name != "pretraining":
-        raise InputError(f"config.task.name is {config.task.name!r}: flaxft.bench measures pretraining configs")
-    # What flaxft.train.run does before its loop, minus data and checkpoints.
-    model_config = config_lib.model_config(config)
-    task = pretraining
-    model = ARCHITECTURES[task.architecture(config.data.format)](model_config)
-    mesh, rules = train.layout(config, model)
-    tx = optim.make_optimizer(config)
+    config, model, mesh = run.config, run.model, run.mesh
     rng = jax.random.key(config.seed)
-    with mesh, nn.logical_axis_rules(rules):
+    with mesh, nn.logical_axis_rules(run.rules):
         started = time.perf_counter()
-        state_shardings, _ = train.state_layout(model, tx, mesh, rules, rng, config.seq_len)
-        state = jax.block_until_ready(train.init_train_state(model, tx, rng, config.seq_len, state_shardings))
+        state_shardings, _ = loop.abstract_state(model, run.tx, mesh, run.rules, rng, config.seq_len)
+        state = jax.block_until_ready(loop.init_train_state(model, run.tx, rng, config.seq_len, state_shardings))
         init_s = time.perf_counter() - started
 
         batch_sharding = sharding.batch_sharding(mesh)
         local_rows = config.global_batch_size // jax.process_count()
         host_batch = synthetic_batch(config, local_rows, seed=config.seed + jax.process_index())
         batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in host_batch.items()}
-        step_fn = train.jit_train_step(config, model, tx, task, state_shardings, batch_sharding)
+        step_fn = loop.jit_train_step(config, model, run.tx, run.task, state_shardings, batch_sharding)
         started = time.perf_counter()
         compiled = step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - started
@@ -270,9 +213,9 @@ def bench_train(config, steps: int, warmup: int, matmul_size: int = 2048) -> dic
     if measured:
         measured.append(measure_matmul_peak(matmul_size))
 
-    with_nsp = config.data.format == "bert"
-    flops_per_step = model_flops_per_step(
-        model_config, config.global_batch_size, config.seq_len, config.data.max_predictions_per_seq, with_nsp
+    flops_per_step = family_of(model).train_flops(
+        model.config, config.global_batch_size, config.seq_len, config.data.max_predictions_per_seq,
+        run.task.next_sentence,
     )
     tokens_per_step = config.global_batch_size * config.seq_len
     step_time = statistics.median(step_times)
@@ -305,7 +248,7 @@ def bench_train(config, steps: int, warmup: int, matmul_size: int = 2048) -> dic
         "model_tflops_per_sec": flops_per_step / step_time / 1e12,
         "step_times_s": step_times,
         # Host pages first touched during a step (minor faults): freshly mapped memory the
-        # kernel zeroes; flaxft.host_memory makes them 2 MB pages, ~200x fewer.
+        # kernel zeroes (flaxft.host_memory backs it with 2 MB pages).
         "host_page_faults_per_step": statistics.median(step_faults),
         "init_s": init_s,
         "loss": loss,
@@ -315,7 +258,7 @@ def bench_train(config, steps: int, warmup: int, matmul_size: int = 2048) -> dic
         "seq_len": config.seq_len,
         "max_predictions_per_seq": config.data.max_predictions_per_seq,
         "mesh": dict(mesh.shape),
-        "dtype": model_config.dtype,
+        "dtype": model.config.dtype,
         "jax": jax.__version__,
     }
 
@@ -346,44 +289,22 @@ def device_mem_gb() -> float | None:
 # ----------------------------------------------------------------------------- data
 
 
-def bench_data(config, batches: int) -> dict:
-    """Times `batches` batches of the pretraining loader with the config's corpus, format,
-    masking and shape (examples built first, uncached unless data.cache_dir is set; no
-    prefetch thread, so this is one thread's rate). Tokens are row positions, padding
-    included, as the train step counts them. Without data.tokenizer, a WordPiece tokenizer
-    of model.vocab_size is trained on the corpus first (not timed)."""
-    from flaxft import config as config_lib
-    from flaxft import data
-
-    config_lib.validate(config)
-    documents = data.read_documents(config.data.path, config.data.text_column)
-    if config.data.tokenizer:
-        tokenizer = data.load_tokenizer(config.data.tokenizer)
-    else:
-        tokenizer = data.train_wordpiece(documents, config.model.vocab_size)
+def bench_data(run, batches: int, setup_s: float) -> dict:
+    """Times `batches` batches of the run's training loader (built with its examples by
+    the setup, which took `setup_s`; batches made on this thread, no prefetching).
+    Tokens are row positions, padding included, as the train step counts them."""
+    config, loader = run.config, run.train_loader
+    loader.get_batch(0)  # the epoch order
     started = time.perf_counter()
-    examples = data.build_examples(
-        documents, tokenizer, config.seq_len, config.data.format, config.seed, config.data.cache_dir or None,
-        short_seq_prob=config.data.short_seq_prob,
-    )
-    build_s = time.perf_counter() - started
-    loader = data.PretrainLoader(
-        examples, config.global_batch_size, config.seed, vocab_size=tokenizer.get_vocab_size(),
-        special_ids=data.special_token_ids(tokenizer), mask_rate=config.data.mask_rate,
-        max_predictions=config.data.max_predictions_per_seq, whole_word=config.data.whole_word_masking,
-        prefetch=0,
-    )
-    next(loader)  # the epoch order
-    started = time.perf_counter()
-    for _ in range(batches):
-        next(loader)
+    for step in range(1, batches + 1):
+        loader.get_batch(step)
     seconds = time.perf_counter() - started
     return {
         "data_tokens_per_sec": batches * config.global_batch_size * config.seq_len / seconds,
         "data_batch_ms": seconds / batches * 1e3,
         "data_batches": batches,
-        "data_build_s": build_s,
-        "data_rows": len(examples),
+        "data_setup_s": setup_s,
+        "data_rows": loader.num_examples,
         "data_format": config.data.format,
         "data_whole_word": config.data.whole_word_masking,
         "global_batch_size": config.global_batch_size,
@@ -418,20 +339,28 @@ def summary(result: dict) -> str:
     return "; ".join(parts)
 
 
-def main(config, what: str, steps: int, warmup: int, data_batches: int, matmul_size: int) -> dict:
-    """Runs the benchmark(s) `what` asks for and returns the merged result."""
+def measure(config, what: str, steps: int, warmup: int, data_batches: int, matmul_size: int) -> dict:
+    """Builds the run (in a temporary workdir) and runs the benchmark(s) `what` asks for;
+    returns the merged result."""
     result: dict = {"what": what}
-    if what in ("data", "all"):
-        result.update(bench_data(config, data_batches))
-    if what in ("train", "all"):
-        result.update(bench_train(config, steps, warmup, matmul_size))
+    with tempfile.TemporaryDirectory(prefix="flaxft-bench-") as workdir:
+        started = time.perf_counter()
+        run = prepared_run(config, Path(workdir))
+        setup_s = time.perf_counter() - started
+        try:
+            if what in ("data", "all"):
+                result.update(bench_data(run, data_batches, setup_s))
+            if what in ("train", "all"):
+                result.update(bench_train(run, steps, warmup, matmul_size))
+        finally:
+            run.train_loader.close()
     if what == "all":
         result["data_vs_train"] = result["data_tokens_per_sec"] / result["tokens_per_sec"]
     result["peak_host_mem_gb"] = peak_host_mem_gb()
     return result
 
 
-def run() -> None:
+def main() -> None:
     from absl import flags, logging
 
     from flaxft import cli
@@ -449,7 +378,8 @@ def run() -> None:
             fail(f"--{name} must be at least {least}, got {flag.value}")
     logging.set_verbosity(logging.WARNING)
     try:
-        result = main(config_flag.value, what.value, steps.value, warmup.value, data_batches.value, matmul_size.value)
+        result = measure(config_flag.value, what.value, steps.value, warmup.value, data_batches.value,
+                         matmul_size.value)
     except InputError as e:
         fail(str(e))
     print(summary(result))
@@ -458,4 +388,4 @@ def run() -> None:
 
 if __name__ == "__main__":
     exec_with_huge_pages()  # as flaxft.main does
-    run()
+    main()

@@ -3,7 +3,7 @@
 A flaxft checkpoint folder is laid out like a workdir:
 
     DIR/checkpoints/<step>/params   model parameters (Orbax PyTree, unrolled or scanned)
-    DIR/checkpoints/<step>/model    JSON: {"architecture": ..., "config": BertConfig.to_dict()}
+    DIR/checkpoints/<step>/model    JSON: {"architecture": ..., "config": the model config's to_dict()}
     DIR/tokenizer/                  tokenizer files, when the model came with a tokenizer
 
 Readers accept the workdir, its `checkpoints/` folder or one `checkpoints/<step>` folder.
@@ -25,12 +25,9 @@ import orbax.checkpoint as ocp
 
 from flaxft import hf
 from flaxft.errors import InputError
-from flaxft.files import new_output_dir
-from flaxft.models import ARCHITECTURES, BertConfig, init_params
-from flaxft.models.layout import adapt_params
-
-CHECKPOINTS = "checkpoints"
-TOKENIZER = "tokenizer"
+from flaxft.data.tokenizer import copy_tokenizer_files
+from flaxft.files import CHECKPOINTS, MODEL_RECORD, TOKENIZER, PathKind, kind_of, new_output_dir
+from flaxft.models import abstract_params, family_of, fit_params
 
 
 def model_record(model: nn.Module) -> dict:
@@ -39,17 +36,19 @@ def model_record(model: nn.Module) -> dict:
 
 
 def model_from_record(record: dict, source: str) -> nn.Module:
-    architecture = record.get("architecture")
-    if architecture not in ARCHITECTURES:
-        raise InputError(f"{source}: unknown architecture {architecture!r}")
-    return ARCHITECTURES[architecture](BertConfig.from_dict(record["config"]))
+    """The model a record names (its family found by the architecture name)."""
+    architecture = str(record.get("architecture"))
+    try:
+        family = family_of(architecture)
+    except InputError:
+        raise InputError(f"{source}: unknown architecture {architecture!r}") from None
+    return family.architectures[architecture](family.config_class.from_dict(record["config"]))
 
 
-def abstract_params(model: nn.Module, sharding: jax.sharding.Sharding | None = None) -> dict:
-    """ShapeDtypeStructs of `model`'s params (unboxed), placed on `sharding` (default: one device)."""
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0))))
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+def _on_one_device(model: nn.Module) -> dict:
+    """ShapeDtypeStructs of `model`'s params (unboxed), placed on the first device."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract_params(model))
 
 
 def save_model(out_dir: str | os.PathLike, model: nn.Module, params: dict, tokenizer_dir: str | None = None) -> Path:
@@ -60,13 +59,13 @@ def save_model(out_dir: str | os.PathLike, model: nn.Module, params: dict, token
     """
     with new_output_dir(out_dir) as tmp:
         if tokenizer_dir is not None:
-            hf.copy_tokenizer_files(tokenizer_dir, tmp / TOKENIZER)
+            copy_tokenizer_files(tokenizer_dir, tmp / TOKENIZER)
         with ocp.CheckpointManager(tmp / CHECKPOINTS) as manager:
             manager.save(
                 0,
                 args=ocp.args.Composite(
                     params=ocp.args.StandardSave(nn.meta.unbox(params)),
-                    model=ocp.args.JsonSave(model_record(model)),
+                    **{MODEL_RECORD: ocp.args.JsonSave(model_record(model))},
                 ),
             )
             manager.wait_until_finished()
@@ -80,9 +79,10 @@ def locate(path: str | os.PathLike) -> tuple[Path, int]:
     p = Path(path).absolute()
     if not p.exists():
         raise InputError(f"{p}: no such checkpoint or workdir")
-    if (p / CHECKPOINTS).is_dir():
+    kind = kind_of(p)
+    if kind is PathKind.WORKDIR:
         p = p / CHECKPOINTS
-    if p.name.isdigit() and p.parent.is_dir() and (p / "model").exists():
+    elif kind is PathKind.STEP:
         return p.parent, int(p.name)
     with ocp.CheckpointManager(p) as manager:
         step = manager.latest_step()
@@ -102,7 +102,7 @@ def model_of(path: str | os.PathLike) -> nn.Module:
     """The model a flaxft checkpoint holds (its record only; no arrays are read)."""
     root, step = locate(path)
     with ocp.CheckpointManager(root) as manager:
-        record = manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+        record = manager.restore(step, args=ocp.args.Composite(**{MODEL_RECORD: ocp.args.JsonRestore()}))[MODEL_RECORD]
     return model_from_record(record, str(root / str(step)))
 
 
@@ -112,7 +112,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     model = model_of(path)
     with ocp.CheckpointManager(root) as manager:
         params = manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params(model)))
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_on_one_device(model)))
         )["params"]
     return model, params
 
@@ -191,7 +191,7 @@ class TrainCheckpointer:
             args=ocp.args.Composite(
                 params=ocp.args.StandardSave(state.params),
                 train_state=ocp.args.StandardSave(_train_state_item(state)),
-                model=ocp.args.JsonSave(model_record(model)),
+                **{MODEL_RECORD: ocp.args.JsonSave(model_record(model))},
                 data=ocp.args.JsonSave(data_state),
                 config=ocp.args.JsonSave(config_json),
             ),
@@ -240,7 +240,8 @@ class TrainCheckpointer:
 
     def _read_model_record(self, step: int, path: Path) -> dict:
         try:
-            return self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+            record = self.manager.restore(step, args=ocp.args.Composite(**{MODEL_RECORD: ocp.args.JsonRestore()}))
+            return record[MODEL_RECORD]
         except Exception as e:
             raise InputError(f"{path}: checkpoint has no readable model record ({type(e).__name__})") from None
 
@@ -273,13 +274,11 @@ def _train_state_item(state) -> dict:
 
 
 def load_init_params(path: str | os.PathLike, model: nn.Module, seed: int) -> dict:
-    """Parameters for a new run of `model` from `init_from`: a Hugging Face folder (has
-    config.json) or a flaxft checkpoint or workdir. Heads the source lacks start afresh;
-    shape mismatches are InputErrors naming the parameter."""
-    folder = Path(path)
-    is_flaxft = (folder / CHECKPOINTS).is_dir() or folder.name == CHECKPOINTS or (folder / "model").is_dir()
-    if (folder / "config.json").is_file() and not is_flaxft:
+    """Parameters for a new run of `model` from `init_from`: a Hugging Face folder or a
+    flaxft checkpoint or workdir. Heads the source lacks start afresh; shape mismatches
+    are InputErrors naming the parameter."""
+    if kind_of(path) is PathKind.HF_FOLDER:
         _, params = hf.from_pretrained(path)
     else:
         _, params = load_model(path)
-    return adapt_params(params, model, seed)
+    return fit_params(params, model, seed)

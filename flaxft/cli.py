@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by `flaxft.main` and `flaxft.bench`: absl flags with an
+"""Command-line plumbing shared by the entry points: offline defaults, absl flags with an
 ml-collections config file, every parse error reported as one line with exit code 2."""
 
 import ast
@@ -10,6 +10,17 @@ from absl import flags
 from ml_collections import config_flags
 
 from flaxft.errors import fail
+
+
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_offline_defaults() -> None:
+    """Nothing is downloaded unless the user asks (HF_HUB_OFFLINE=0 ...), and the fast
+    tokenizers do not start their own threads. Call before Hugging Face libraries are
+    imported: they read these once."""
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def define_config_flag():

@@ -12,7 +12,9 @@ import ml_collections
 
 from flaxft import sharding
 from flaxft.errors import InputError
-from flaxft.models import BertConfig
+from flaxft.models import ModelConfig, family
+from flaxft.models.family import field_type
+from flaxft.tasks import FINETUNE_TASKS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -46,10 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.on_nonfinite = "abort"  # NaN/Inf loss or gradients: "abort" (exit 1) or "skip" (drop the update)
     c.init_from = ""  # a Hugging Face folder or a flaxft checkpoint/workdir; "" = random init
 
-    c.model = ml_collections.ConfigDict(
-        {f.name: f.default for f in dataclasses.fields(BertConfig) if f.name != "id2label"}
-    )
-    c.model.classifier_dropout = ml_collections.FieldReference(None, field_type=float)
+    c.model = model_defaults("bert")  # the family (its Hugging Face config fields) to train from scratch
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "stdlib-docstrings"  # the offline default corpus; or files, globs, folders, HF datasets
@@ -89,12 +88,27 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def model_defaults(family_name: str) -> ml_collections.ConfigDict:
+    """The config.model group for a family: `family` and every field of its config class
+    but id2label, at the class's defaults (BERT-Base's for "bert")."""
+    config_class = family(family_name).config_class
+    group = ml_collections.ConfigDict({"family": family_name})
+    for f in dataclasses.fields(config_class):
+        if f.name == "id2label":
+            continue
+        default = f.default
+        if default is None:  # an optional field: typed, so overrides are checked
+            default = ml_collections.FieldReference(None, field_type=field_type(config_class, f.name))
+        group[f.name] = default
+    return group
+
+
 _CHOICES = {
     "optimizer": ("adamw", "lamb"),
     "lr_schedule": ("linear", "cosine"),
     "data.format": ("bert", "roberta"),
     "on_nonfinite": ("abort", "skip"),
-    "task.name": ("pretraining", "classification", "ner", "qa"),
+    "task.name": ("pretraining", *FINETUNE_TASKS),
     "task.pack": ("none", "eval", "all"),
 }
 _POSITIVE = (
@@ -111,14 +125,17 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
     return value
 
 
-def model_config(config: ml_collections.ConfigDict, **changes) -> BertConfig:
-    """The BertConfig the run's `model.*` keys describe."""
-    return BertConfig.from_dict({**config.model.to_dict(), **changes})
+def model_config(config: ml_collections.ConfigDict, **changes) -> ModelConfig:
+    """The model config the run's `model.*` keys describe (of `model.family`'s class)."""
+    fields = {k: v for k, v in config.model.to_dict().items() if k != "family"}
+    return family(config.model.family).config_class.from_dict({**fields, **changes})
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises InputError naming the first field whose value cannot work."""
     defaults = default_config()
+    if isinstance(config.get("model"), ml_collections.ConfigDict) and "family" in config.model:
+        defaults.model = model_defaults(config.model.family)  # the family's own fields
     _check_keys_and_types(config, defaults, "")
     for field, choices in _CHOICES.items():
         if _get(config, field) not in choices:

@@ -6,20 +6,21 @@
 
 `verify` runs transformers' PyTorch model and flaxft on the same batch and prints the
 largest absolute difference of every output; it exits 1 when one exceeds the tolerance.
-Bad input (missing folder or config.json, a non-BERT model, a missing or misshapen
-weight, an existing output folder) exits 2 with a one-line message.
+Bad input (missing folder or config.json, an unsupported model_type, a missing or
+misshapen weight, an existing output folder) exits 2 with a one-line message.
 """
 
 import argparse
-import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from flaxft import cli
+
+cli.set_offline_defaults()
 
 import numpy as np  # noqa: E402
 
 from flaxft import checkpoint, hf  # noqa: E402
-from flaxft.errors import exit_on_input_error  # noqa: E402
+from flaxft.errors import InputError, exit_on_input_error  # noqa: E402
 
 # flaxft output field -> Hugging Face output field, per architecture.
 HF_OUTPUTS = {
@@ -63,8 +64,6 @@ def compare_with_transformers(hf_dir: str, batch: dict) -> dict[str, float]:
         import torch
         import transformers
     except ImportError:
-        from flaxft.errors import InputError
-
         raise InputError("verify needs torch and transformers (pip install torch transformers)") from None
     model, params = hf.from_pretrained(hf_dir)
     torch_model = getattr(transformers, type(model).__name__).from_pretrained(hf_dir).eval()

@@ -1,4 +1,4 @@
-"""Entry point: flags -> config -> distributed init -> training.
+"""Entry point: flags -> config -> distributed init -> `flaxft.train.run`.
 
     python -m flaxft.main --config configs/pretrain_tiny.py --workdir runs/demo \
         [--config.num_train_steps=200 ...]
@@ -10,12 +10,12 @@ one line naming the field or file.
 import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from flaxft import cli
+
+cli.set_offline_defaults()
 
 from absl import flags, logging  # noqa: E402
-from flaxft import cli  # noqa: E402
+
 from flaxft.errors import fail  # noqa: E402
 from flaxft.host_memory import exec_with_huge_pages  # noqa: E402
 
@@ -52,14 +52,14 @@ def main() -> None:
         fail("--workdir is required")
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every file they touch at INFO
     init_distributed()
-    from flaxft import train
+    from flaxft import loop, train
     from flaxft.errors import InputError
 
     try:
         train.run(_CONFIG.value, _WORKDIR.value)
     except InputError as e:
         fail(str(e))
-    except train.NonFiniteLoss as e:
+    except loop.NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

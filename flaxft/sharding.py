@@ -20,9 +20,9 @@ from flaxft.errors import InputError
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# The vocabulary stays whole on `tensor`: with vocab on tensor and embed on fsdp, XLA
-# (jax 0.10, CPU) computed wrong gradients through the tied MLM decoder on a mesh with
-# all three axes > 1 (measured: 40-100% relative error on every leaf; the forward was right).
+# The vocabulary stays whole on `tensor`: with vocab on tensor and embed on fsdp, XLA on
+# CPU computes wrong gradients through the tied MLM decoder on a mesh with all three axes
+# > 1 (the forward is right); tests/test_sharding.py shows it on the installed jax.
 DEFAULT_RULES = {
     # parameters
     "vocab": "",
@@ -142,6 +142,29 @@ def check_fsdp_layout(abstract_params, param_shardings, mesh: Mesh) -> None:
                 f"config.mesh.fsdp={mesh.shape['fsdp']} but parameter {jax.tree_util.keystr(path)} "
                 f"({nbytes / 2**20:.1f} MiB) is replicated on every device: check config.mesh.rules"
             )
+
+
+def mesh_for(mesh_config: ml_collections.ConfigDict, abstract_params, global_batch_size: int,
+             grad_accum_steps: int) -> tuple[Mesh, tuple]:
+    """The mesh and logical rules of a run, checked against its batch and parameters:
+    InputError when the global batch does not divide over the batch shards (x
+    microbatches) or the processes, or when FSDP leaves a large parameter whole.
+
+    abstract_params: the model's parameters as logically boxed ShapeDtypeStructs.
+    """
+    mesh, rules = make_mesh(mesh_config), logical_rules(mesh_config)
+    shards = batch_shards(mesh) * grad_accum_steps
+    if global_batch_size % shards:
+        raise InputError(
+            f"config.global_batch_size ({global_batch_size}) does not divide evenly over "
+            f"{batch_shards(mesh)} batch shards (mesh data x fsdp) x {grad_accum_steps} microbatches"
+        )
+    if global_batch_size % jax.process_count():
+        raise InputError(
+            f"config.global_batch_size ({global_batch_size}) does not divide over {jax.process_count()} processes"
+        )
+    check_fsdp_layout(nn.meta.unbox(abstract_params), logical_shardings(abstract_params, mesh, rules), mesh)
+    return mesh, rules
 
 
 def describe(mesh: Mesh, abstract_state, state_shardings) -> str:

@@ -19,6 +19,7 @@ from jax.extend import core as jax_core
 from flaxft import bench
 from flaxft.data import default_corpus
 from flaxft.models import BertConfig, BertForMaskedLM, BertForPreTraining, init_params
+from flaxft.models.bert.flops import train_flops
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = BertConfig(
@@ -39,12 +40,12 @@ def test_flops_match_a_hand_count():
     mlm = 3 * 2 * 6 * (16 * 16 + 16 * 50)  # transform + tied decoder at 6 positions: 38,016
     nsp = 3 * 6 * (16 * 16 + 16 * 2)  # pooler + NSP per row: 5,184
     expected = first_layer + last_layer[True] + mlm + nsp
-    assert bench.model_flops_per_step(SMALL, 3, 8, 2, with_nsp=True) == expected == 494_784
-    assert bench.model_flops_per_step(SMALL, 3, 8, 2, with_nsp=False) == first_layer + last_layer[False] + mlm
+    assert train_flops(SMALL, 3, 8, 2, with_nsp=True) == expected == 494_784
+    assert train_flops(SMALL, 3, 8, 2, with_nsp=False) == first_layer + last_layer[False] + mlm
     # A last layer computing every row, and the peer's full-vocabulary head (M = L).
     full_encoder = 2 * first_layer
-    assert bench.model_flops_per_step(SMALL, 3, 8, 2, True, last_layer_rows=8) == full_encoder + mlm + nsp
-    assert bench.model_flops_per_step(SMALL, 3, 8, 8, True) == full_encoder + 3 * 8 * 6 * (16 * 16 + 16 * 50) + nsp
+    assert train_flops(SMALL, 3, 8, 2, True, last_layer_rows=8) == full_encoder + mlm + nsp
+    assert train_flops(SMALL, 3, 8, 8, True) == full_encoder + 3 * 8 * 6 * (16 * 16 + 16 * 50) + nsp
 
 
 def _dot_flops(jaxpr) -> int:
@@ -89,7 +90,7 @@ def test_flops_equal_the_matmuls_jax_differentiates(architecture, with_nsp, scan
     counted = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
     m = predictions if masked else length
     last_rows = length if scan_layers else None
-    assert counted == bench.model_flops_per_step(SMALL, batch, length, m, with_nsp, last_rows)
+    assert counted == train_flops(SMALL, batch, length, m, with_nsp, last_rows)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,7 @@ def test_cli_runs_the_train_step_and_the_loader(tmp_path):
     assert out["peak_flops_source"] == bench.PEAK_MEASURED and out["peak_flops_per_device"] > 0
     config = BertConfig(vocab_size=600, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64)
-    assert out["model_flops_per_step"] == bench.model_flops_per_step(config, 8, 32, 5, with_nsp=True)
+    assert out["model_flops_per_step"] == train_flops(config, 8, 32, 5, with_nsp=True)
     assert out["model_flops_per_token"] == out["model_flops_per_step"] / (8 * 32)
     assert len(out["step_times_s"]) == 2 and out["step_time_s"] > 0
     assert out["host_page_faults_per_step"] >= 0

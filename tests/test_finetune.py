@@ -14,8 +14,9 @@ import torch
 import transformers
 
 from flaxft import config as config_lib
-from flaxft import convert, finetune, hf, train
+from flaxft import convert, finetune, train
 from flaxft.data import load_tokenizer
+from flaxft.data.tokenizer import TOKENIZER_FILES
 from flaxft.errors import InputError
 from flaxft.tasks import classification, demo_data
 from tests.tiny import set_dotted
@@ -190,7 +191,7 @@ def test_regression_end_to_end_and_export(tmp_path, task_files, minilm_dir):
     ours = read_jsonl(tmp_path / "work" / finetune.PREDICTIONS)
     # The workdir keeps the tokenizer's files, not the rest of the folder it came from.
     assert {"vocab.txt", "tokenizer.json"} <= {p.name for p in (tmp_path / "work" / "tokenizer").iterdir()}
-    assert {p.name for p in (tmp_path / "work" / "tokenizer").iterdir()} <= set(hf.TOKENIZER_FILES)
+    assert {p.name for p in (tmp_path / "work" / "tokenizer").iterdir()} <= set(TOKENIZER_FILES)
     out = export(tmp_path / "work", tmp_path / "hf")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert model.config.num_labels == 1

@@ -8,10 +8,10 @@ import transformers
 from safetensors.numpy import load_file
 
 from flaxft import hf
-from flaxft.models.layout import with_layer_layout
+from flaxft.models import FAMILIES, restack
 from tests.hf_models import CONFIGS, padded_batch, save_random_hf_model, torch_outputs
 
-ARCHITECTURES = sorted(hf.ARCHITECTURES)
+ARCHITECTURES = sorted(FAMILIES["bert"].architectures)
 
 
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
@@ -82,7 +82,7 @@ def test_scanned_and_unrolled_layouts_agree(tmp_path):
     b = scanned_model.apply({"params": scanned}, **batch)
     for name in ("last_hidden_state", "pooler_output", "mlm_logits", "nsp_logits"):
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=1e-6, err_msg=name)
-    back = with_layer_layout(scanned, scan_layers=False)
+    back = restack(scanned, scanned_model, scan_layers=False)
     for i in range(config["num_hidden_layers"]):
         np.testing.assert_array_equal(
             back["bert"]["encoder"][f"layer_{i}"]["mlp"]["output"]["kernel"],

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxft.models import ARCHITECTURES, LOGICAL_AXES, BertConfig, BertForPreTraining, init_params
-from flaxft.models.bert import attention_with_dropout, segment_positions
+from flaxft.models import ARCHITECTURES, LOGICAL_AXES, BertConfig, BertForPreTraining, family_of, init_params
+from flaxft.models.attention import attention_with_dropout
 from flaxft.models.dropout import dropout, random_bits16
-from flaxft.models.layout import with_layer_layout
+from flaxft.models.layers import segment_positions
+from flaxft.models.params import restack
 
 CONFIG = BertConfig(
     vocab_size=101, hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
@@ -143,11 +144,13 @@ def test_every_parameter_has_logical_axis_names():
     for scan_layers in (False, True):
         for name, cls in ARCHITECTURES.items():
             model = cls(CONFIG.replace(scan_layers=scan_layers))
+            declared = set(family_of(model).logical_axes)
+            assert declared <= set(LOGICAL_AXES), declared
             boxed = jax.eval_shape(lambda m=model: init_params(m, jax.random.key(0)))
             leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
             for leaf in leaves:
                 assert isinstance(leaf, nn.Partitioned), name
-                assert len(leaf.names) == leaf.value.ndim and set(leaf.names) <= set(LOGICAL_AXES), leaf.names
+                assert len(leaf.names) == leaf.value.ndim and set(leaf.names) <= declared, leaf.names
                 assert ("layers" in leaf.names) == (scan_layers and leaf.value.ndim > 0 and leaf.names[0] == "layers")
 
 
@@ -163,8 +166,8 @@ def test_remat_and_scan_keep_gradients(remat_policy):
 
     want = jax.grad(lambda p: loss(base, p))(params)
     scanned = BertForPreTraining(CONFIG.replace(scan_layers=True, remat_policy=remat_policy))
-    got = jax.grad(lambda p: loss(scanned, p))(with_layer_layout(params, True))
-    got = with_layer_layout(got, False)
+    got = jax.grad(lambda p: loss(scanned, p))(restack(params, scanned, True))
+    got = restack(got, base, False)
     for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 

@@ -5,6 +5,7 @@ restoring onto another mesh; init_from."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +16,13 @@ import jax
 import numpy as np
 import pytest
 
-from flaxft import checkpoint, config as config_lib, data, hf, metrics, optim, sharding, train
+from flaxft import checkpoint, config as config_lib, data, hf, loop, optim, report, sharding, train
 from flaxft.errors import InputError
 from flaxft.models import ARCHITECTURES
 from tests.tiny import losses, tiny_config, tiny_flags, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURE = Path(__file__).parent / "fixtures" / "workdir_v0"
 RUN = dict(num_train_steps=16, log_every_steps=1, eval_every_steps=16, checkpoint_every_steps=4)
 
 
@@ -53,7 +55,7 @@ def wait_for(predicate, process, timeout=300.0, poll=0.005):
 
 
 def logged_step(workdir) -> int:
-    records = metrics.read_metrics(workdir) if (Path(workdir) / metrics.METRICS_FILE).exists() else []
+    records = report.read_metrics(workdir)
     return max((r["step"] for r in records), default=0)
 
 
@@ -172,12 +174,12 @@ def test_nan_in_a_batch(tmp_path, corpus, monkeypatch, mode):
     config = tiny_config(corpus, **{**RUN, "num_train_steps": 8, "checkpoint_every_steps": 1, "checkpoint.keep": 10,
                                     "on_nonfinite": mode})
     if mode == "abort":
-        with pytest.raises(train.NonFiniteLoss, match="step 6"):
+        with pytest.raises(loop.NonFiniteLoss, match="step 6"):
             train.run(config, str(tmp_path))
         assert steps_on_disk(tmp_path)[-1] == 5  # the last good state
         return
     train.run(config, str(tmp_path))
-    records = [r for r in metrics.read_metrics(tmp_path) if "loss" in r]
+    records = [r for r in report.read_metrics(tmp_path) if "loss" in r]
     assert [r["skipped_steps"] for r in records] == [0, 0, 0, 0, 0, 1, 1, 1]
     assert np.isfinite(records[-1]["loss"])
     five, six = (checkpoint.load_model(tmp_path / "checkpoints" / str(s))[1] for s in (5, 6))
@@ -192,10 +194,10 @@ def test_restore_onto_another_mesh(tmp_path, corpus):
         other = tiny_config(corpus, **{f"mesh.{k}": v for k, v in mesh_sizes.items()})
         mesh, rules = sharding.make_mesh(other.mesh), sharding.logical_rules(other.mesh)
         model = ARCHITECTURES["BertForPreTraining"](config_lib.model_config(other))
-        shardings, abstract = train.state_layout(model, optim.make_optimizer(other), mesh, rules,
+        shardings, abstract = loop.abstract_state(model, optim.make_optimizer(other), mesh, rules,
                                                  jax.random.key(0), 32)
         ckpt = checkpoint.TrainCheckpointer(tmp_path)
-        state, data_state, step = ckpt.restore_latest(train._with_shardings(abstract, shardings), model, False)
+        state, data_state, step = ckpt.restore_latest(loop.with_shardings(abstract, shardings), model, False)
         ckpt.close()
         assert step == 4 and data_state["step"] == 4
         kernel = state.params["bert"]["encoder"]["layer_0"]["mlp"]["intermediate"]["kernel"]  # [32, 64]
@@ -214,7 +216,7 @@ def test_init_from_each_source(tmp_path, corpus, minilm_dir):
     assert "nsp" not in params and "pooler" not in params["bert"]
     np.testing.assert_array_equal(params["mlm"]["bias"], source_params["mlm"]["bias"])
     train.run(tiny_config(corpus, **{**RUN, "num_train_steps": 2, "init_from": str(source)}), str(tmp_path / "new"))
-    assert [r["step"] for r in metrics.read_metrics(tmp_path / "new") if "loss" in r] == [1, 2]
+    assert [r["step"] for r in report.read_metrics(tmp_path / "new") if "loss" in r] == [1, 2]
 
     # A Hugging Face folder (the real MiniLM): its encoder, fresh MLM and NSP heads.
     hf_config = json.loads((minilm_dir / "config.json").read_text())
@@ -241,3 +243,19 @@ def test_stderr_during_a_restore_is_replayed_on_success_and_dropped_on_failure(c
         raise ValueError("damaged")
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "kept\nafter\n"
+
+
+def test_a_workdir_written_before_the_reshaped_core_resumes_bit_identically(tmp_path):
+    """tests/fixtures/workdir_v0 was written by the code before issue 13 (a run stopped
+    after saving step 8 of 16): the current code resumes it and logs exactly what the old
+    code logged for steps 9-16, evaluation included."""
+    workdir = tmp_path / "workdir"
+    shutil.copytree(FIXTURE / "workdir", workdir)
+    config = tiny_config(FIXTURE / "docs.jsonl", num_train_steps=16, log_every_steps=1, eval_every_steps=8,
+                         checkpoint_every_steps=8, **{"checkpoint.keep": 2})
+    train.run(config, str(workdir))
+    timeless = lambda records: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in records]  # noqa: E731
+    reference = [json.loads(line) for line in (FIXTURE / "reference_metrics.jsonl").read_text().splitlines()]
+    assert timeless(report.read_metrics(workdir)) == timeless(reference)
+    assert [r["step"] for r in reference if "eval_loss" in r] == [8, 16]
+

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from flaxft import config as config_lib
-from flaxft import optim, sharding, train
+from flaxft import loop, optim, sharding, train
 from flaxft.errors import InputError
 from flaxft.models import ARCHITECTURES, init_params
 from tests.tiny import losses, tiny_config, write_corpus
@@ -66,7 +66,7 @@ def _layout(mesh_sizes: dict):
     config.mesh.update(**mesh_sizes)
     mesh = sharding.make_mesh(config.mesh)
     model = ARCHITECTURES["BertForPreTraining"](config_lib.model_config(config))
-    return train.state_layout(
+    return loop.abstract_state(
         model, optim.make_optimizer(config), mesh, sharding.logical_rules(config.mesh), jax.random.key(0), 16
     )
 
@@ -106,8 +106,8 @@ def test_real_state_lands_on_those_shardings(corpus):
     mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
     model = ARCHITECTURES["BertForPreTraining"](config_lib.model_config(config))
     tx = optim.make_optimizer(config)
-    shardings, _ = train.state_layout(model, tx, mesh, rules, jax.random.key(0), 32)
-    state = train.init_train_state(model, tx, jax.random.key(0), 32, shardings)
+    shardings, _ = loop.abstract_state(model, tx, mesh, rules, jax.random.key(0), 32)
+    state = loop.init_train_state(model, tx, jax.random.key(0), 32, shardings)
     kernel = state.params["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]  # [32, 2, 16]
     assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor", None)
     assert {s.data.shape for s in kernel.addressable_shards} == {(16, 1, 16)}

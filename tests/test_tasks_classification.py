@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from flaxft.errors import InputError
-from flaxft.models import BertOutput
+from flaxft.models import FAMILIES, EncoderOutput
 from flaxft.tasks import classification as cls
-from flaxft.tasks.records import Split, padding_fraction
+from flaxft.data import Split, padding_fraction
 
 SEQ_LEN = 32
 
@@ -33,7 +33,7 @@ def sentiment_rows(n=24, offset=0):
 
 def test_single_text_rows_match_the_tokenizer(tokenizer):
     split = Split([{"text": "Hello world", "label": "a"}], "x")
-    features = cls.prepare(split, tokenizer, SEQ_LEN, labels=["a"])
+    features = cls.make_features(split, tokenizer, SEQ_LEN, labels=["a"])
     expected = tokenizer.encode("Hello world").ids  # [CLS] hello world [SEP] via the post-processor
     row = features.arrays["input_ids"][0]
     assert row[: len(expected)].tolist() == expected
@@ -53,7 +53,7 @@ def test_pairs_get_token_types_and_longest_first_truncation(tokenizer):
         ],
         "x",
     )
-    features = cls.prepare(split, tokenizer, SEQ_LEN, text_fields="a,b", labels=[0, 1])
+    features = cls.make_features(split, tokenizer, SEQ_LEN, text_fields="a,b", labels=[0, 1])
     expected = tokenizer.encode("a short premise", "and a hypothesis")
     n = len(expected.ids)
     assert features.arrays["input_ids"][0, :n].tolist() == expected.ids
@@ -69,7 +69,7 @@ def test_string_int_and_float_labels(tmp_path, tokenizer):
     strings = Split([{"text": "x", "label": v} for v in ["neg", "pos", "neutral", "pos"]], "s")
     labels = cls.infer_labels(strings)
     assert labels == ["neg", "neutral", "pos"]
-    assert cls.prepare(strings, tokenizer, 8, labels=labels).arrays["labels"].tolist() == [
+    assert cls.make_features(strings, tokenizer, 8, labels=labels).arrays["labels"].tolist() == [
         0,
         2,
         1,
@@ -79,7 +79,7 @@ def test_string_int_and_float_labels(tmp_path, tokenizer):
     assert cls.infer_labels(ints) == [2, 10]  # numeric order, not "10" < "2"
     floats = Split([{"text": "x", "label": v} for v in [0.5, 3, 4.25]], "f")
     assert cls.infer_labels(floats) is None
-    features = cls.prepare(floats, tokenizer, 8, labels=None)
+    features = cls.make_features(floats, tokenizer, 8, labels=None)
     assert features.arrays["labels"].dtype == np.float32
     np.testing.assert_allclose(features.arrays["labels"], [0.5, 3.0, 4.25])
 
@@ -100,7 +100,7 @@ def test_build_from_csv_files(tmp_path, tokenizer):
     assert data.train.arrays["labels"].tolist() == [1, 0, 1]  # training rows stay unpacked
     assert data.validation.arrays["labels"][:, 0].tolist() == [0]  # validation packed by default
     assert data.validation.arrays["label_weights"].sum() == 1
-    assert cls.architecture() == "BertForSequenceClassification"
+    assert FAMILIES["bert"].architecture(cls.Classification.head).__name__ == "BertForSequenceClassification"
 
 
 def test_build_from_parquet_regression(tmp_path, tokenizer):
@@ -164,7 +164,7 @@ def test_glue_defaults_and_metric_choice():
 def test_evaluate_metrics_and_predictions(tokenizer):
     rows = sentiment_rows(6)
     labels = cls.infer_labels(Split(rows, "x"))
-    features = cls.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, labels=labels)
+    features = cls.make_features(Split(rows, "x"), tokenizer, SEQ_LEN, labels=labels)
     gold = features.arrays["labels"]
     logits = np.eye(2)[gold]
     logits[0] = logits[0, ::-1]  # one mistake
@@ -186,7 +186,7 @@ def test_evaluate_metrics_and_predictions(tokenizer):
 
 def test_pack_layout(tokenizer):
     rows = sentiment_rows(24)
-    features = cls.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
+    features = cls.make_features(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
     packed = cls.pack_features(features, max_segments=4)
     arrays, index = packed.arrays, packed.host["example_index"]
     assert arrays["cls_positions"].shape == arrays["labels"].shape == index.shape == (len(index), 4)
@@ -229,7 +229,7 @@ def packed_like(logits, packed):
 
 def test_packed_and_unpacked_give_the_same_metrics_for_the_same_logits(tokenizer):
     rows = sentiment_rows(30)
-    features = cls.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
+    features = cls.make_features(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
     packed = cls.pack_features(features, max_segments=5)
     logits = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
     assert cls.evaluate({"logits": logits}, features) == cls.evaluate(
@@ -248,8 +248,8 @@ def jax_batch(arrays, weights=None):
 
 @jax.jit
 def _loss(batch, logits):
-    return cls.loss_and_metrics(
-        BertOutput(last_hidden_state=None, logits=logits), batch, cls.normalizers(batch)
+    return cls.Classification().loss_and_metrics(
+        EncoderOutput(last_hidden_state=None, logits=logits), batch, cls.Classification().normalizers(batch)
     )
 
 
@@ -286,10 +286,10 @@ def test_microbatch_losses_sum_to_the_whole_batch_loss():
     }
     logits = rng.normal(size=(8, 3)).astype(np.float32)
     batch = jax_batch(arrays, [1, 1, 1, 1, 1, 1, 0, 0])
-    norm = cls.normalizers(batch)
+    norm = cls.Classification().normalizers(batch)
     loss_fn = jax.jit(
-        lambda logits, batch, norm: cls.loss_and_metrics(
-            BertOutput(None, logits=logits), batch, norm
+        lambda logits, batch, norm: cls.Classification().loss_and_metrics(
+            EncoderOutput(None, logits=logits), batch, norm
         )[0]
     )
     whole = loss_fn(jnp.asarray(logits), batch, norm)
@@ -302,21 +302,21 @@ def test_microbatch_losses_sum_to_the_whole_batch_loss():
 
 def test_packed_loss_equals_unpacked_loss_for_the_same_logits(tokenizer):
     rows = sentiment_rows(20)
-    features = cls.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
+    features = cls.make_features(Split(rows, "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
     packed = cls.pack_features(features, max_segments=4)
     logits = np.random.default_rng(2).normal(size=(20, 2)).astype(np.float32)
     unpacked_loss, unpacked_metrics = loss(jax_batch(features.arrays), logits)
     packed_loss, packed_metrics = loss(jax_batch(packed.arrays), packed_like(logits, packed))
     assert float(packed_loss) == pytest.approx(float(unpacked_loss), rel=1e-6)
     assert float(packed_metrics["accuracy"]) == pytest.approx(float(unpacked_metrics["accuracy"]))
-    assert set(cls.model_inputs(jax_batch(packed.arrays))) == {
+    assert set(cls.Classification().model_inputs(jax_batch(packed.arrays))) == {
         "input_ids",
         "attention_mask",
         "token_type_ids",
         "segment_ids",
         "cls_positions",
     }
-    assert set(cls.model_inputs(jax_batch(features.arrays))) == {
+    assert set(cls.Classification().model_inputs(jax_batch(features.arrays))) == {
         "input_ids",
         "attention_mask",
         "token_type_ids",
@@ -351,7 +351,7 @@ def test_packing_matches_the_model_when_pooling_at_cls_positions(tokenizer):
         {"a": r["text"], "b": "second part " * (i % 3), "label": r["label"]}
         for i, r in enumerate(sentiment_rows(11))
     ]
-    features = cls.prepare(
+    features = cls.make_features(
         Split(rows, "x"), tokenizer, SEQ_LEN, text_fields="a,b", labels=["neg", "pos"]
     )
     packed = cls.pack_features(features, max_segments=4)
@@ -361,9 +361,9 @@ def test_packing_matches_the_model_when_pooling_at_cls_positions(tokenizer):
 
     @jax.jit
     def logits(params, unpacked_batch, packed_batch):
-        alone = model.apply({"params": params}, **cls.model_inputs(unpacked_batch)).logits
+        alone = model.apply({"params": params}, **cls.Classification().model_inputs(unpacked_batch)).logits
         # The head change, written out:
-        inputs = cls.model_inputs(packed_batch)
+        inputs = cls.Classification().model_inputs(packed_batch)
         cls_positions = inputs.pop("cls_positions")
         hidden = model.apply({"params": params}, **inputs).last_hidden_state
         at_cls = jnp.take_along_axis(hidden, cls_positions[:, :, None], axis=1)
@@ -384,7 +384,7 @@ def test_demo_padding_fraction_drops_with_packing(tokenizer):
 
     train, _ = demo_data.classification_records()
     labels = cls.infer_labels(Split(train, "demo"))
-    features = cls.prepare(Split(train, "demo"), tokenizer, 128, labels=labels)
+    features = cls.make_features(Split(train, "demo"), tokenizer, 128, labels=labels)
     packed = cls.pack_features(features)
     unpacked_padding = padding_fraction(features.arrays["attention_mask"])
     packed_padding = padding_fraction(packed.arrays["attention_mask"])
@@ -401,7 +401,7 @@ def test_works_with_a_flaxft_trained_wordpiece_tokenizer(tmp_path):
 
     rows = sentiment_rows(12)
     tokenizer = train_wordpiece([r["text"] for r in rows], 60, str(tmp_path / "tok"))
-    features = cls.prepare(Split(rows, "x"), tokenizer, 16, labels=["neg", "pos"])
+    features = cls.make_features(Split(rows, "x"), tokenizer, 16, labels=["neg", "pos"])
     ids = features.arrays["input_ids"]
     lengths = features.arrays["attention_mask"].sum(1)
     assert (ids[:, 0] == 2).all()  # [CLS]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from flaxft.errors import InputError
-from flaxft.models import BertOutput
+from flaxft.models import FAMILIES, EncoderOutput
 from flaxft.tasks import ner
-from flaxft.tasks.records import Split
+from flaxft.data import Split
 
 SEQ_LEN = 24
 TAGS = ["B-LOC", "B-PER", "I-PER", "O"]
@@ -31,7 +31,7 @@ ROWS = [
 
 
 def test_only_first_sub_words_are_labelled(tokenizer):
-    features = ner.prepare(Split(ROWS, "x"), tokenizer, SEQ_LEN, tags=TAGS)
+    features = ner.make_features(Split(ROWS, "x"), tokenizer, SEQ_LEN, tags=TAGS)
     encoding = tokenizer.encode(ROWS[0]["tokens"], is_pretokenized=True)
     labels = features.arrays["labels"][0]
     n = len(encoding.ids)
@@ -63,7 +63,7 @@ def test_build_from_jsonl_and_parquet(tmp_path, tokenizer):
     )
     assert data.id2label == tuple(TAGS) and data.num_labels == 4
     np.testing.assert_array_equal(data.train.arrays["labels"], data.validation.arrays["labels"])
-    assert ner.architecture() == "BertForTokenClassification"
+    assert FAMILIES["bert"].architecture(ner.NER.head).__name__ == "BertForTokenClassification"
 
 
 def test_string_tokens_in_csv_are_split_on_whitespace(tmp_path, tokenizer):
@@ -81,7 +81,7 @@ def test_class_label_tags_keep_the_dataset_order(tokenizer):
     )
     tags = ner.infer_tags(split)
     assert tags == ["O", "B-PER", "I-PER", "B-ORG"]
-    features = ner.prepare(split, tokenizer, SEQ_LEN, tags=tags)
+    features = ner.make_features(split, tokenizer, SEQ_LEN, tags=tags)
     assert features.arrays["labels"][0][features.arrays["labels"][0] >= 0].tolist() == [3, 0]
     assert features.host["tags"] == [["B-ORG", "O"]]
 
@@ -107,7 +107,7 @@ def test_bad_inputs(tmp_path, tokenizer):
 
 
 def test_evaluate_perfect_partial_and_truncated(tokenizer):
-    features = ner.prepare(Split(ROWS, "x"), tokenizer, SEQ_LEN, tags=TAGS)
+    features = ner.make_features(Split(ROWS, "x"), tokenizer, SEQ_LEN, tags=TAGS)
     labels = features.arrays["labels"]
     perfect = np.where(labels >= 0, labels, TAGS.index("O"))
     metrics, predictions = ner.evaluate({"predictions": perfect}, features)
@@ -124,7 +124,7 @@ def test_evaluate_perfect_partial_and_truncated(tokenizer):
     assert metrics["precision"] == 1.0 and metrics["recall"] == pytest.approx(2 / 3)
     assert metrics["accuracy"] == pytest.approx(5 / 6)
     # Truncation: at seq_len 6 the last words of row 0 get no prediction and count as "O".
-    short = ner.prepare(Split(ROWS, "x"), tokenizer, 6, tags=TAGS)
+    short = ner.make_features(Split(ROWS, "x"), tokenizer, 6, tags=TAGS)
     short_labels = short.arrays["labels"]
     metrics = ner.evaluate({"predictions": np.where(short_labels >= 0, short_labels, 3)}, short)[0]
     assert metrics["unpredicted_words"] > 0 and metrics["recall"] < 1.0
@@ -140,20 +140,20 @@ def test_loss_ignores_sub_words_padding_and_padding_rows():
         "weights": jnp.asarray([1.0, 0.0]),
     }
     loss, metrics = jax.jit(
-        lambda b, x: ner.loss_and_metrics(BertOutput(None, logits=x), b, ner.normalizers(b))
+        lambda b, x: ner.NER().loss_and_metrics(EncoderOutput(None, logits=x), b, ner.NER().normalizers(b))
     )(batch, jnp.asarray(logits))
     log_probs = np.asarray(jax.nn.log_softmax(logits))
     assert float(loss) == pytest.approx(-(log_probs[0, 1, 1] + log_probs[0, 3, 0]) / 2, rel=1e-6)
     assert float(metrics["accuracy"]) in (0.0, 0.5, 1.0)
     full = {**batch, "attention_mask": batch["input_ids"], "token_type_ids": batch["input_ids"]}
-    assert set(ner.model_inputs(full)) == {"input_ids", "attention_mask", "token_type_ids"}
-    out = ner.eval_outputs(BertOutput(None, logits=jnp.asarray(logits)), batch)
+    assert set(ner.NER().model_inputs(full)) == {"input_ids", "attention_mask", "token_type_ids"}
+    out = ner.NER().eval_outputs(EncoderOutput(None, logits=jnp.asarray(logits)), batch)
     np.testing.assert_array_equal(out["predictions"], logits.argmax(-1))
 
 
 def test_packed_rows_carry_the_labels_and_give_the_same_metrics(tokenizer):
     rows = ROWS * 5
-    features = ner.prepare(Split(rows, "x"), tokenizer, SEQ_LEN, tags=TAGS)
+    features = ner.make_features(Split(rows, "x"), tokenizer, SEQ_LEN, tags=TAGS)
     packed = ner.pack_features(features, max_segments=3)
     arrays = packed.arrays
     assert len(packed) < len(features) and arrays["segment_ids"].max() <= 3
@@ -162,7 +162,7 @@ def test_packed_rows_carry_the_labels_and_give_the_same_metrics(tokenizer):
         features.arrays["labels"][features.arrays["labels"] >= 0].tolist()
     )
     np.testing.assert_array_equal(arrays["attention_mask"], arrays["segment_ids"] > 0)
-    assert set(ner.model_inputs(arrays)) == {"input_ids", "attention_mask", "token_type_ids", "segment_ids"}
+    assert set(ner.NER().model_inputs(arrays)) == {"input_ids", "attention_mask", "token_type_ids", "segment_ids"}
     # The same per-token predictions, packed, score and predict exactly as unpacked.
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(*features.arrays["labels"].shape, len(TAGS)))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from flaxft.errors import InputError
-from flaxft.models import BertOutput
+from flaxft.models import FAMILIES, EncoderOutput
 from flaxft.tasks import qa
-from flaxft.tasks.records import Split
+from flaxft.data import Split
 
 SEQ_LEN = 32
 FILLER = "The quick brown fox jumps over the lazy dog near the river bank today. "
@@ -38,7 +38,7 @@ def perfect_logits(features):
 
 
 def test_long_context_is_split_into_overlapping_windows(tokenizer):
-    features = qa.prepare(Split([record()], "x"), tokenizer, SEQ_LEN, doc_stride=8)
+    features = qa.make_features(Split([record()], "x"), tokenizer, SEQ_LEN, doc_stride=8)
     host, arrays = features.host, features.arrays
     question = tokenizer.encode("Where was the treaty signed?", add_special_tokens=False).ids
     context = tokenizer.encode(CONTEXT, add_special_tokens=False).ids
@@ -72,7 +72,7 @@ def test_evaluate_recovers_the_exact_answer_text_from_perfect_logits(tokenizer):
         record("When?", "12 May 1998", id_="q1"),
         record("What animal?", "fox", FILLER, "q2"),
     ]
-    features = qa.prepare(Split(records, "x"), tokenizer, SEQ_LEN, doc_stride=8)
+    features = qa.make_features(Split(records, "x"), tokenizer, SEQ_LEN, doc_stride=8)
     metrics, predictions = qa.evaluate(perfect_logits(features), features)
     assert [p["prediction_text"] for p in predictions] == ["Reykjavík-Nord", "12 May 1998", "fox"]
     assert predictions[0]["id"] == "q0" and predictions[0]["answers"] == ["Reykjavík-Nord"]
@@ -80,7 +80,7 @@ def test_evaluate_recovers_the_exact_answer_text_from_perfect_logits(tokenizer):
 
 
 def test_n_best_and_max_answer_length(tokenizer):
-    features = qa.prepare(
+    features = qa.make_features(
         Split([record("What animal?", "fox", FILLER)], "x"), tokenizer, SEQ_LEN, doc_stride=8
     )
     outputs = perfect_logits(features)
@@ -102,7 +102,7 @@ def test_n_best_and_max_answer_length(tokenizer):
 
 def test_unanswerable_examples(tokenizer):
     records = [record("What animal?", "fox", FILLER, "a"), record("Who?", "", FILLER, "b")]
-    features = qa.prepare(Split(records, "x"), tokenizer, SEQ_LEN, doc_stride=8)
+    features = qa.make_features(Split(records, "x"), tokenizer, SEQ_LEN, doc_stride=8)
     assert features.host["has_unanswerable"]
     assert features.arrays["start_positions"][1] == 0 and features.arrays["end_positions"][1] == 0
     metrics, predictions = qa.evaluate(perfect_logits(features), features)
@@ -141,22 +141,22 @@ def test_build_from_squad_json(tmp_path, tokenizer):
     assert data.validation.host["examples"][0]["id"] == "1"
     metrics, _ = qa.evaluate(perfect_logits(data.validation), data.validation)
     assert metrics["exact_match"] == 100.0
-    assert qa.architecture() == "BertForQuestionAnswering"
+    assert FAMILIES["bert"].architecture(qa.QA.head).__name__ == "BertForQuestionAnswering"
 
 
 def test_bad_inputs(tmp_path, tokenizer):
     bad_start = record("What animal?", "fox", FILLER)
     bad_start["answers"]["answer_start"] = [len(FILLER)]
     with pytest.raises(InputError, match="x: answer 'fox' at .* record 0 lies outside its context"):
-        qa.prepare(Split([bad_start], "x"), tokenizer, SEQ_LEN, doc_stride=8)
+        qa.make_features(Split([bad_start], "x"), tokenizer, SEQ_LEN, doc_stride=8)
     with pytest.raises(InputError, match="task.doc_stride"):
-        qa.prepare(Split([record()], "x"), tokenizer, SEQ_LEN, doc_stride=128)
+        qa.make_features(Split([record()], "x"), tokenizer, SEQ_LEN, doc_stride=128)
     with pytest.raises(InputError, match=r"no column 'query' \(task.question_field\)"):
-        qa.prepare(Split([record()], "x"), tokenizer, SEQ_LEN, doc_stride=8, question_field="query")
+        qa.make_features(Split([record()], "x"), tokenizer, SEQ_LEN, doc_stride=8, question_field="query")
     broken = record()
     broken["answers"] = ["Reykjavík"]
     with pytest.raises(InputError, match="'answers' of record 0 must be"):
-        qa.prepare(Split([broken], "x"), tokenizer, SEQ_LEN, doc_stride=8)
+        qa.make_features(Split([broken], "x"), tokenizer, SEQ_LEN, doc_stride=8)
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(InputError, match="empty.jsonl"):
         qa.build(tokenizer, SEQ_LEN, train_file=str(tmp_path / "empty.jsonl"), doc_stride=8)
@@ -174,8 +174,8 @@ def test_loss_averages_start_and_end_over_real_rows():
         "weights": jnp.asarray([1.0, 1.0, 0.0]),
     }
     loss, metrics = jax.jit(
-        lambda b, s, e: qa.loss_and_metrics(
-            BertOutput(None, start_logits=s, end_logits=e), b, qa.normalizers(b)
+        lambda b, s, e: qa.QA().loss_and_metrics(
+            EncoderOutput(None, start_logits=s, end_logits=e), b, qa.QA().normalizers(b)
         )
     )(batch, jnp.asarray(start), jnp.asarray(end))
     ls, le = np.asarray(jax.nn.log_softmax(start)), np.asarray(jax.nn.log_softmax(end))

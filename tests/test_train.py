@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flaxft import checkpoint, metrics, train
+from flaxft import checkpoint, report, train
 from flaxft.data import read_documents, train_wordpiece
 from flaxft.errors import InputError
 from tests.tiny import losses, tiny_config, write_corpus
@@ -27,7 +27,7 @@ def test_training_writes_every_file_and_learns(tmp_path, corpus):
         assert (tmp_path / name).is_file(), name
     assert any((tmp_path / "tensorboard").iterdir())
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["15", "30"]
-    records = metrics.read_metrics(tmp_path)
+    records = report.read_metrics(tmp_path)
     train_records = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_records] == [1, 5, 10, 15, 20, 25, 30]
     for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "learning_rate", "grad_norm", "tokens_per_sec"):

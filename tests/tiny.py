@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from flaxft import config as config_lib
-from flaxft import metrics
+from flaxft import report
 from flaxft.data import default_corpus
 
 
@@ -43,7 +43,7 @@ def set_dotted(config, values: dict):
 
 def losses(workdir) -> list[float]:
     """The training losses a run logged, in step order."""
-    return [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]
+    return [r["loss"] for r in report.read_metrics(workdir) if "loss" in r]
 
 
 def tiny_flags(corpus: Path, **overrides) -> list[str]:

@@ -1,14 +1,18 @@
-"""Pretraining data: corpus -> tokenizer -> tokenized sentences -> fixed-length examples
-(cached on disk) -> deterministic, per-host, dynamically masked batches.
+"""Data: pretraining corpora (corpus -> tokenizer -> tokenized sentences -> fixed-length
+examples, cached on disk) and fine-tuning records (files and datasets -> records ->
+features -> packed rows), served by deterministic, per-host, checkpointable loaders.
 
-Knows tokens, not models: imports neither jax nor any other part of flaxft but errors.
+Knows tokens, not models: imports neither jax nor any other part of flaxft but errors
+and files.
 """
 
 from flaxft.data.corpus import DEFAULT_CORPUS, default_corpus, read_documents
 from flaxft.data.examples import FORMATS, Examples, make_examples, split_documents
-from flaxft.data.loader import PretrainLoader
+from flaxft.data.features import Features, RowTemplate, padding_fraction, plain_tokenizer, stack_rows, truncate_pair
+from flaxft.data.loader import FinetuneLoader, PretrainLoader, StepLoader, concat_outputs
 from flaxft.data.masking import mask_example
 from flaxft.data.pipeline import build_examples
+from flaxft.data.records import Split, load_splits, read_split
 from flaxft.data.tokenize import TokenizedCorpus, tokenize_documents
 from flaxft.data.tokenizer import load_tokenizer, save_tokenizer, special_token_ids, train_wordpiece
 
@@ -16,17 +20,29 @@ __all__ = [
     "DEFAULT_CORPUS",
     "FORMATS",
     "Examples",
+    "Features",
+    "FinetuneLoader",
     "PretrainLoader",
+    "RowTemplate",
+    "Split",
+    "StepLoader",
     "TokenizedCorpus",
     "build_examples",
+    "concat_outputs",
     "default_corpus",
+    "load_splits",
     "load_tokenizer",
     "make_examples",
     "mask_example",
+    "padding_fraction",
+    "plain_tokenizer",
     "read_documents",
+    "read_split",
     "save_tokenizer",
     "special_token_ids",
     "split_documents",
+    "stack_rows",
     "tokenize_documents",
     "train_wordpiece",
+    "truncate_pair",
 ]

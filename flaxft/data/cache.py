@@ -1,15 +1,13 @@
 """On-disk cache of array dataclasses (`.npz` files), keyed by hashes of what made them.
 
-Writes are atomic (a temporary file in the same folder, then `os.replace`), so a reader
-sees a complete file or none, and hosts sharing a folder may write the same entry.
+Writes are atomic (`flaxft.files.replaced_atomically`), so a reader sees a complete file
+or none, and hosts sharing a folder may write the same entry.
 """
 
 import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from flaxft.files import replaced_atomically
 
 # Part of every key: bump when the meaning or layout of cached arrays changes.
 CACHE_FORMAT_VERSION = 1
@@ -52,17 +52,9 @@ def load_or_build(path: Path | None, cls: type[T], build: Callable[[], T]) -> T:
 
 def _save_dataclass(path: Path, value: object) -> None:
     """Writes the numpy-array fields of dataclass `value` to `path` (.npz), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            np.savez(file, **arrays)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; cache entries are shared
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as file:
+        np.savez(file, **arrays)
 
 
 def _load_dataclass(path: Path, cls: type[T]) -> T | None:

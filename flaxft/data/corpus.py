@@ -36,6 +36,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from flaxft.data.hub import is_saved_dataset, load_named, load_saved
 from flaxft.errors import InputError
 
 DEFAULT_CORPUS = "stdlib-docstrings"
@@ -146,20 +147,13 @@ def _looks_like_path(path: str) -> bool:
     )
 
 
-def _is_saved_dataset(folder: Path) -> bool:
-    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
-
-
 def _hf_dataset(path: str):
     """The `datasets.Dataset` that `path` names (a saved folder or a hub name), else None."""
     folder = Path(path).expanduser()
-    if folder.is_dir() and _is_saved_dataset(folder):
+    if folder.is_dir() and is_saved_dataset(folder):
         import datasets
 
-        try:
-            dataset = datasets.load_from_disk(str(folder))
-        except Exception as e:  # noqa: BLE001 -- any failure is a bad dataset folder
-            raise InputError(f"cannot load dataset folder {path!r}: {e}") from e
+        dataset = load_saved(folder, "corpus")
         if not isinstance(dataset, datasets.DatasetDict):
             return dataset
         if "train" not in dataset:
@@ -167,16 +161,7 @@ def _hf_dataset(path: str):
         return dataset["train"]
     if folder.exists() or glob.has_magic(path) or _looks_like_path(path):
         return None
-    import datasets
-
-    name, _, config = path.partition(":")
-    try:
-        return datasets.load_dataset(name, config or None, split="train")
-    except Exception as e:  # noqa: BLE001 -- offline, uncached, misspelt: all bad input
-        raise InputError(
-            f"corpus {path!r} is not a file or folder, and loading it as a Hugging Face "
-            f"dataset (train split) failed: {type(e).__name__}: {' '.join(str(e).split())}"
-        ) from e
+    return load_named(path, "corpus", split="train")
 
 
 def _dataset_column(dataset, text_column: str, path: str) -> list[str]:

@@ -1,18 +1,25 @@
-"""Deterministic, checkpointable, per-host pretraining batches with dynamic masking.
+"""Deterministic, checkpointable, per-host batches: one base, two kinds of rows.
 
-The global example stream is the concatenation of epochs; epoch e visits the examples in
+The global example stream is the concatenation of epochs; epoch e visits the N rows in
 the order `np.random.default_rng([seed, e]).permutation(N)` (identity without shuffle).
-Global batch s is stream positions [s*G, (s+1)*G); host p of P takes the contiguous
-slice [p*G/P, (p+1)*G/P) of it. An example's mask is drawn from a generator seeded by
-(seed, epoch, example index) alone, so batches depend only on the step: never on the
-host count, on prefetching, or on whether the run was resumed. The loader's state is
-the next step plus the three numbers that must match on restore.
+Global batch s is stream positions [s*G, (s+1)*G) (a batch may span two epochs, so every
+batch is full); host p of P takes the contiguous slice [p*G/P, (p+1)*G/P) of it. So
+batches depend only on the step: never on the host count, on prefetching, or on whether
+the run was resumed. A loader's state is the next step plus the numbers that must match
+on restore.
+
+- `PretrainLoader`: pretraining examples, masked dynamically; an example's mask is drawn
+  from a generator seeded by (seed, epoch, example index) alone.
+- `FinetuneLoader`: fixed-size feature arrays (a fine-tuning split). Evaluation
+  (`shuffle=False`) is one pass in row order instead, `num_batches = ceil(N / G)`, the
+  last batch filled up with copies of row 0 (real inputs, so the model's outputs on them
+  are finite) whose `weights` are 0; `concat_outputs` drops them again.
 """
 
 import collections
 import concurrent.futures
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -25,8 +32,109 @@ from flaxft.errors import InputError
 _MASK_STREAM = 1
 
 
-class PretrainLoader:
-    """Iterator over local batches; `get_batch(step)` gives random access.
+class StepLoader:
+    """What both loaders share: host slicing, epoch order, iteration with optional
+    prefetching, and the state a checkpoint keeps. Subclasses make `get_batch(step)`,
+    this host's batch for global step `step`, a pure function of `step`."""
+
+    def __init__(
+        self,
+        num_examples: int,
+        global_batch_size: int,
+        seed: int,
+        *,
+        shuffle: bool,
+        process_index: int,
+        process_count: int,
+        prefetch: int,
+    ):
+        """
+        Args:
+            num_examples: N >= 1 rows in the stream's epochs.
+            global_batch_size: G, rows per step over all hosts; divisible by process_count.
+            seed: the order (and whatever else the subclass draws).
+            shuffle: reshuffle every epoch; False visits rows in order.
+            process_index, process_count: this host, and the number of hosts.
+            prefetch: batches computed ahead on a background thread (0: none).
+        """
+        check_host_slicing(global_batch_size, seed, process_index, process_count)
+        self.num_examples = num_examples
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // process_count
+        self.process_index = process_index
+        self.seed = seed
+        self.shuffle = shuffle
+        self.step = 0
+        self._prefetch = prefetch
+        self._pending: collections.deque = collections.deque()
+        self._executor = None
+
+    def get_batch(self, step: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def positions(self, step: int) -> np.ndarray:
+        """[b] positions in the global stream of this host's rows of step `step`."""
+        first = step * self.global_batch_size + self.process_index * self.local_batch_size
+        return np.arange(first, first + self.local_batch_size)
+
+    def stream_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(epochs [b], rows [b]): which epoch and example row each of this host's rows of
+        step `step` comes from."""
+        epochs, offsets = np.divmod(self.positions(step), self.num_examples)
+        rows = np.empty_like(offsets)
+        for epoch in np.unique(epochs).tolist():
+            here = epochs == epoch
+            rows[here] = _epoch_order(self.seed, epoch, self.num_examples, self.shuffle)[offsets[here]]
+        return epochs, rows
+
+    def __iter__(self) -> "StepLoader":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        """The batch for `self.step`, then advances it."""
+        if self._prefetch == 0:
+            batch = self.get_batch(self.step)
+        else:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, type(self).__name__)
+            while len(self._pending) <= self._prefetch:
+                next_step = self.step + len(self._pending)
+                self._pending.append(self._executor.submit(self.get_batch, next_step))
+            batch = self._pending.popleft().result()
+        self.step += 1
+        return batch
+
+    def state(self) -> dict[str, int]:
+        """The next step to serve, plus what `restore` checks (batches consumed so far)."""
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "num_examples": self.num_examples,
+        }
+
+    def restore(self, state: Mapping[str, int]) -> None:
+        """Continues from `state` (from `state()`, possibly of a run with other hosts)."""
+        for key, value in self.state().items():
+            if key != "step" and state.get(key) != value:
+                raise InputError(
+                    f"data loader state has {key}={state.get(key)}, but this run has {value}"
+                )
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self.step = int(state["step"])
+
+    def close(self) -> None:
+        """Stops the prefetch thread; the next `__next__` would start a new one."""
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+        self._pending.clear()
+
+
+class PretrainLoader(StepLoader):
+    """Masked pretraining batches.
 
     Batch dict for the local batch b = G / P, row length L, M = max_predictions:
         input_ids [b, L] int32 (masked), attention_mask [b, L] int32 (1 on real tokens),
@@ -54,31 +162,25 @@ class PretrainLoader:
         """
         Args:
             examples: the rows to serve (N >= 1).
-            global_batch_size: G, rows per step over all hosts; divisible by process_count.
-            seed: order and masks; the same seed gives the same batches.
             vocab_size: random replacement tokens are drawn below it.
             special_ids: "mask" and the other special ids (`special_token_ids(tokenizer)`);
                 none of them is ever a random replacement.
             mask_rate: fraction of real non-special tokens to predict.
             max_predictions: M; default `max(1, round(mask_rate * L))`, which always fits.
             whole_word: mask whole words.
-            process_index, process_count: this host, and the number of hosts.
-            shuffle: reshuffle every epoch (evaluation sets pass False).
-            prefetch: batches computed ahead on a background thread (0: none).
+            The rest: see `StepLoader`.
         """
         if len(examples) == 0:
             raise InputError("the loader got no examples (is the corpus or eval split empty?)")
-        check_host_slicing(global_batch_size, seed, process_index, process_count)
         if not 0 < mask_rate <= 1:
             raise InputError(f"mask_rate must be in (0, 1], got {mask_rate}")
         if max_predictions is not None and max_predictions < 1:
             raise InputError(f"max_predictions must be >= 1, got {max_predictions}")
+        super().__init__(
+            len(examples), global_batch_size, seed, shuffle=shuffle, process_index=process_index,
+            process_count=process_count, prefetch=prefetch,
+        )
         self.examples = examples
-        self.global_batch_size = global_batch_size
-        self.seed = seed
-        self.local_batch_size = global_batch_size // process_count
-        self.process_index = process_index
-        self.shuffle = shuffle
         self.max_predictions = max_predictions or max(1, round(mask_rate * examples.seq_len))
         self._masking = dict(
             mask_id=special_ids["mask"],
@@ -88,19 +190,10 @@ class PretrainLoader:
             mask_rate=mask_rate,
             whole_word=whole_word,
         )
-        self._prefetch = prefetch
-        self._pending: collections.deque = collections.deque()
-        self._executor = None
-        self.step = 0
 
     def get_batch(self, step: int) -> dict[str, np.ndarray]:
         """This host's batch for global step `step` (a pure function of `step`)."""
-        first = step * self.global_batch_size + self.process_index * self.local_batch_size
-        stream_positions = np.arange(first, first + self.local_batch_size)
-        epochs, offsets = np.divmod(stream_positions, len(self.examples))
-        indices = np.array(
-            [self._epoch_order(e)[o] for e, o in zip(epochs.tolist(), offsets.tolist())]
-        )
+        epochs, indices = self.stream_rows(step)
         masked = [
             mask_example(
                 self.examples.input_ids[index],
@@ -124,54 +217,88 @@ class PretrainLoader:
             "next_sentence_label": self.examples.next_sentence_label[indices],
         }
 
-    def __iter__(self) -> "PretrainLoader":
-        return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        """The batch for `self.step`, then advances it."""
-        if self._prefetch == 0:
-            batch = self.get_batch(self.step)
+class FinetuneLoader(StepLoader):
+    """Batches of fixed-size feature arrays: every array sliced to this host's b = G / P
+    rows, plus `weights` [b] float32 (1 on real rows)."""
+
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        global_batch_size: int,
+        seed: int = 0,
+        *,
+        shuffle: bool = True,
+        process_index: int = 0,
+        process_count: int = 1,
+        prefetch: int = 0,
+    ):
+        """
+        Args:
+            arrays: batch fields, each [N, ...] with the same N >= 1 (`Features.arrays`).
+            shuffle: True for training (endless, reshuffled every epoch); False for one
+                ordered, padded evaluation pass.
+            The rest: see `StepLoader`.
+        """
+        sizes = {key: len(value) for key, value in arrays.items()}
+        if not sizes or set(sizes.values()) == {0}:
+            raise InputError("the fine-tuning loader got no examples (is the split empty?)")
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"feature arrays differ in length: {sizes}")
+        if "weights" in arrays:
+            raise ValueError("'weights' is added by the loader; features must not hold it")
+        super().__init__(
+            next(iter(sizes.values())), global_batch_size, seed, shuffle=shuffle, process_index=process_index,
+            process_count=process_count, prefetch=prefetch,
+        )
+        self.arrays = dict(arrays)
+
+    @property
+    def num_batches(self) -> int:
+        """Batches in one evaluation pass, ceil(N / G) (training: batches per epoch, rounded up)."""
+        return -(-self.num_examples // self.global_batch_size)
+
+    def epoch(self, step: int | None = None) -> float:
+        """Epochs completed (fractional) before global step `step` (default: the next one)."""
+        step = self.step if step is None else step
+        return step * self.global_batch_size / self.num_examples
+
+    def get_batch(self, step: int) -> dict[str, np.ndarray]:
+        """This host's batch for global step `step` (a pure function of `step`)."""
+        if self.shuffle:
+            _, rows = self.stream_rows(step)
+            weights = np.ones(len(rows), np.float32)
         else:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(1, "PretrainLoader")
-            while len(self._pending) <= self._prefetch:
-                next_step = self.step + len(self._pending)
-                self._pending.append(self._executor.submit(self.get_batch, next_step))
-            batch = self._pending.popleft().result()
-        self.step += 1
+            if not 0 <= step < self.num_batches:
+                raise IndexError(f"evaluation batch {step} of {self.num_batches}")
+            positions = self.positions(step)
+            real = positions < self.num_examples
+            rows = np.where(real, positions, 0)
+            weights = real.astype(np.float32)
+        batch = {key: value[rows] for key, value in self.arrays.items()}
+        batch["weights"] = weights
         return batch
 
-    def state(self) -> dict[str, int]:
-        """The next step to serve, plus what `restore` checks (batches consumed so far)."""
-        return {
-            "step": self.step,
-            "seed": self.seed,
-            "global_batch_size": self.global_batch_size,
-            "num_examples": len(self.examples),
-        }
+    def __iter__(self):
+        """Training: this loader, endless. Evaluation: a fresh pass over its batches."""
+        if self.shuffle:
+            return self
+        return (self.get_batch(i) for i in range(self.num_batches))
 
-    def restore(self, state: Mapping[str, int]) -> None:
-        """Continues from `state` (from `state()`, possibly of a run with other hosts)."""
-        for key, value in self.state().items():
-            if key != "step" and state.get(key) != value:
-                raise InputError(
-                    f"data loader state has {key}={state.get(key)}, but this run has {value}"
-                )
-        for future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self.step = int(state["step"])
 
-    def close(self) -> None:
-        """Stops the prefetch thread; the next `__next__` would start a new one."""
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-            self._executor = None
-        self._pending.clear()
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        """[N] read-only order in which epoch `epoch` visits the examples."""
-        return _epoch_order(self.seed, epoch, len(self.examples), self.shuffle)
+def concat_outputs(
+    chunks: Sequence[Mapping[str, np.ndarray]], num_examples: int
+) -> dict[str, np.ndarray]:
+    """Concatenates the GLOBAL per-batch outputs of an evaluation pass (every host's rows,
+    in batch order, e.g. after `multihost_utils.process_allgather`) and drops the
+    padding rows: [num_examples, ...] per key."""
+    if not chunks:
+        raise ValueError("no evaluation outputs")
+    out = {key: np.concatenate([np.asarray(c[key]) for c in chunks]) for key in chunks[0]}
+    for key, value in out.items():
+        if len(value) < num_examples:
+            raise ValueError(f"outputs {key!r} have {len(value)} rows, fewer than {num_examples}")
+    return {key: value[:num_examples] for key, value in out.items()}
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,5 @@
-"""BERT WordPiece tokenizers (Hugging Face `tokenizers`): loading, training, special ids.
+"""Tokenizers (Hugging Face `tokenizers`): loading, training BERT WordPiece, special ids,
+and the tokenizer files a workdir or exported model keeps.
 
 A tokenizer folder written by `train_wordpiece` holds `tokenizer.json`, `vocab.txt` and
 `tokenizer_config.json`, so both `load_tokenizer` and `transformers.AutoTokenizer` read it.
@@ -9,13 +10,21 @@ import heapq
 import json
 import os
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from flaxft.errors import InputError
+from flaxft.files import TOKENIZER, replaced_atomically
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK}
 
@@ -217,21 +226,31 @@ def _with_bert_specials(tokenizer: Tokenizer) -> Tokenizer:
 def save_tokenizer(tokenizer: Tokenizer, out_dir: str | os.PathLike) -> None:
     """Writes a BERT WordPiece tokenizer (from `train_wordpiece`) as a folder
     `load_tokenizer` and transformers' `AutoTokenizer` read: `tokenizer.json`,
-    `vocab.txt` and `tokenizer_config.json`, together: they are written to a temporary
-    folder next to `out_dir` that then replaces it."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tokenizer.save(str(staging / "tokenizer.json"))
-    by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    (staging / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in by_id))
-    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True}
-    config.update({f"{name}_token": token for name, token in SPECIAL_TOKENS.items()})
-    (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if out_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-        os.replace(out_dir, retired / out_dir.name)
-        os.replace(staging, out_dir)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, out_dir)
+    `vocab.txt` and `tokenizer_config.json`, together (`replaced_atomically`)."""
+    with replaced_atomically(out_dir) as staging:
+        staging.mkdir()
+        tokenizer.save(str(staging / "tokenizer.json"))
+        by_id = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+        (staging / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in by_id))
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True}
+        config.update({f"{name}_token": token for name, token in SPECIAL_TOKENS.items()})
+        (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Copies the Hugging Face tokenizer files found in `src` into `dst`; returns their names."""
+    names = [name for name in TOKENIZER_FILES if (Path(src) / name).is_file()]
+    if names:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy2(Path(src) / name, Path(dst) / name)
+    return names
+
+
+def write_workdir_tokenizer(workdir: Path, write: Callable[[Path], object]) -> None:
+    """Fills WORKDIR/tokenizer by `write(folder)` (a folder that does not exist yet), unless
+    it is there already; it appears whole or not at all."""
+    folder = Path(workdir) / TOKENIZER
+    if not folder.exists():
+        with replaced_atomically(folder) as staging:
+            write(staging)

@@ -1,20 +1,27 @@
-"""Pure functional Flax BERT: parameters are a pytree passed to `apply`."""
+"""Pure functional Flax encoders: parameters are a pytree passed to `apply`.
 
-from flaxft.models.bert import LOGICAL_AXES, BertModule, BertOutput
-from flaxft.models.config import BertConfig
-from flaxft.models.heads import (
-    ARCHITECTURES,
+Each family is a package (`flaxft.models.bert`) declaring a `Family`; the registry
+(`flaxft.models.registry`) lists them. Every model returns an `EncoderOutput`.
+"""
+
+from flaxft.models.bert import (
+    BertConfig,
     BertForMaskedLM,
     BertForPreTraining,
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
-    init_params,
 )
+from flaxft.models.family import HEAD_ROLES, EncoderOutput, Family, ModelConfig
+from flaxft.models.layers import LOGICAL_AXES
+from flaxft.models.params import abstract_params, fit_params, init_params, restack
+from flaxft.models.registry import ARCHITECTURES, FAMILIES, family, family_for_model_type, family_of
 
 __all__ = [
     "ARCHITECTURES",
+    "FAMILIES",
+    "HEAD_ROLES",
     "LOGICAL_AXES",
     "BertConfig",
     "BertForMaskedLM",
@@ -23,7 +30,14 @@ __all__ = [
     "BertForSequenceClassification",
     "BertForTokenClassification",
     "BertModel",
-    "BertModule",
-    "BertOutput",
+    "EncoderOutput",
+    "Family",
+    "ModelConfig",
+    "abstract_params",
+    "family",
+    "family_for_model_type",
+    "family_of",
+    "fit_params",
     "init_params",
+    "restack",
 ]

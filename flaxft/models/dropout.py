@@ -2,8 +2,8 @@
 
 jax draws random bits with Threefry-2x32. On CPU its lowering runs the 20 rounds as a
 5-step while loop, one pass over the whole array per step; written out as straight-line
-integer ops, XLA fuses the hash with the mask and the multiply into one loop (2.5x
-faster attention-probability dropout at bert_base size).
+integer ops, XLA fuses the hash with the mask and the multiply into one loop (what that
+buys is in the README's benchmark section).
 """
 
 import flax.linen as nn

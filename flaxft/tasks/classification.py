@@ -1,10 +1,9 @@
 """Sequence classification and regression (GLUE-style), optionally with packed rows.
 
-Host side: `build` (read splits, infer labels, tokenize), `prepare` (records -> rows),
-`pack_features` (several short examples per row), `evaluate` (model outputs -> metrics and
-per-example predictions). Device side, as `flaxft.tasks.pretraining`: `architecture`,
-`model_inputs`, `normalizers`, `loss_and_metrics`, plus `eval_outputs` (what an eval
-step returns for `evaluate`).
+Host side: `build` (read splits, infer labels, tokenize), `make_features` (records ->
+rows), `pack_features` (several short examples per row), `evaluate` (model outputs ->
+metrics and per-example predictions). `Classification` is the task as a fine-tuning run
+uses it: its config keys, and the device side (`flaxft.run.Task`).
 
 Labels: strings (or booleans) -> classes in sorted order; integers -> classes in sorted
 order, or the dataset's `ClassLabel` names in their own order when it has them; floats
@@ -22,8 +21,9 @@ Packed (K = max_segments examples per row at most):
     pooler and classifier applied to the hidden state at each slot's [CLS].
 """
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,25 +31,14 @@ import numpy as np
 import optax
 from tokenizers import Tokenizer
 
+from flaxft.data import packing
+from flaxft.data.features import Features, RowTemplate, plain_tokenizer, stack_rows, truncate_pair
+from flaxft.data.records import Split, load_splits, require_fields, split_fields, text_value
 from flaxft.errors import InputError
-from flaxft.models import BertOutput
+from flaxft.models import EncoderOutput
 from flaxft.tasks import metrics as metrics_lib
-from flaxft.tasks import packing
-from flaxft.tasks.records import (
-    Features,
-    RowLayout,
-    Split,
-    TaskData,
-    load_splits,
-    plain_tokenizer,
-    require_fields,
-    split_fields,
-    stack_rows,
-    text_value,
-    truncate_pair,
-)
+from flaxft.tasks.task import TaskData
 
-ARCHITECTURE = "BertForSequenceClassification"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "segment_ids", "cls_positions")
 
 # The text columns of each GLUE task in Hugging Face's `glue` dataset.
@@ -103,8 +92,8 @@ def build(
     fields = split_fields(text_fields) or list(GLUE_TEXT_FIELDS.get(glue_task(dataset), ("text",)))
     labels = infer_labels(train, label_field)
     options = dict(text_fields=fields, label_field=label_field, labels=labels, dataset=dataset)
-    train_features = prepare(train, tokenizer, seq_len, **options)
-    validation_features = prepare(validation, tokenizer, seq_len, **options) if validation else None
+    train_features = make_features(train, tokenizer, seq_len, **options)
+    validation_features = make_features(validation, tokenizer, seq_len, **options) if validation else None
     if pack == "all":
         train_features = pack_features(train_features, max_segments=max_segments)
     if pack in ("eval", "all") and validation_features is not None:
@@ -149,7 +138,7 @@ def infer_labels(split: Split, label_field: str = "label") -> list | None:
     return sorted(set(values))
 
 
-def prepare(
+def make_features(
     split: Split | list[dict[str, Any]],
     tokenizer: Tokenizer,
     seq_len: int,
@@ -182,7 +171,7 @@ def prepare(
         [*fields, label_field],
         {**{f: "task.text_fields" for f in fields}, label_field: "task.label_field"},
     )
-    layout = RowLayout.of(tokenizer, seq_len)
+    template = RowTemplate.of(tokenizer, seq_len)
     tokenizer = plain_tokenizer(tokenizer)
     encoded = [
         tokenizer.encode_batch(
@@ -195,11 +184,11 @@ def prepare(
     for i in range(len(split.records)):
         first = encoded[0][i].ids
         if len(fields) == 1:
-            rows.append(layout.row(first[: layout.budget(False)]))
+            rows.append(template.row(first[: template.budget(False)]))
         else:
             second = encoded[1][i].ids
-            len_a, len_b = truncate_pair(len(first), len(second), layout.budget(True))
-            rows.append(layout.row(first[:len_a], second[:len_b]))
+            len_a, len_b = truncate_pair(len(first), len(second), template.budget(True))
+            rows.append(template.row(first[:len_a], second[:len_b]))
     arrays = stack_rows(rows, seq_len)
     label_ids = _label_ids(split, label_field, labels)
     arrays["labels"] = label_ids
@@ -266,7 +255,7 @@ def _key(label: Any) -> tuple[str, Any]:
 def pack_features(
     features: Features, seq_len: int | None = None, max_segments: int = packing.DEFAULT_MAX_SEGMENTS
 ) -> Features:
-    """Packs unpacked features (from `prepare`) several examples per row
+    """Packs unpacked features (from `make_features`) several examples per row
     (`flaxft.tasks.packing.plan`). Each example keeps its tokens and token types; its
     [CLS] position goes to `cls_positions` and its label to `labels` at its slot.
 
@@ -354,17 +343,65 @@ def _per_example(logits: np.ndarray, features: Features) -> np.ndarray:
     return out
 
 
-# ----------------------------------------------------------------------------- device side
+# ----------------------------------------------------------------------------- the task
 
 
-def architecture() -> str:
-    """The flaxft architecture this task trains."""
-    return ARCHITECTURE
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """Sequence classification or regression; fields are the config.task keys it reads."""
 
+    head: ClassVar[str] = "sequence_classification"
 
-def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """The model call's keyword inputs (segment_ids and cls_positions when packed)."""
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    text_fields: str = ""
+    label_field: str = "label"
+    pack: str = "eval"
+    max_segments: int = packing.DEFAULT_MAX_SEGMENTS
+
+    def build(self, tokenizer: Tokenizer, seq_len: int, *, train_file: str, validation_file: str,
+              dataset: str) -> TaskData:
+        """Both splits' features (`build`)."""
+        return build(tokenizer, seq_len, train_file=train_file, validation_file=validation_file,
+                     dataset=dataset, **dataclasses.asdict(self))
+
+    def evaluate(self, outputs: dict[str, np.ndarray], features: Features) -> tuple[dict[str, float], list[dict]]:
+        return evaluate(outputs, features)
+
+    def model_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """The model call's keyword inputs (segment_ids and cls_positions when packed)."""
+        return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+    def normalizers(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Whole-batch denominator: the number of real examples (at least 1)."""
+        return {"examples": jnp.maximum(_example_weights(batch).sum(), 1.0)}
+
+    def loss_and_metrics(
+        self, out: EncoderOutput, batch: dict[str, jax.Array], norm: dict[str, jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Cross-entropy (mean squared error when num_labels == 1) over real examples, and
+        accuracy (mse); each this batch's share of the whole-batch value.
+
+        out.logits [B, C] with batch["labels"] [B], or, packed, [B, K, C] with [B, K].
+        """
+        logits, labels = out.logits, batch["labels"]
+        if logits.ndim != labels.ndim + 1:
+            raise ValueError(
+                f"logits {logits.shape} do not fit labels {labels.shape}: packed batches need a model "
+                "that takes cls_positions and returns logits [B, K, C]"
+            )
+        weights = _example_weights(batch)
+        n = norm["examples"]
+        if logits.shape[-1] == 1:
+            squared = jnp.square(logits[..., 0].astype(jnp.float32) - labels.astype(jnp.float32))
+            loss = jnp.sum(squared * weights) / n
+            return loss, {"loss": loss, "mse": loss}
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+        loss = jnp.sum(ce * weights) / n
+        correct = jnp.argmax(logits, -1) == labels
+        return loss, {"loss": loss, "accuracy": jnp.sum(correct * weights) / n}
+
+    def eval_outputs(self, out: EncoderOutput, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """What `evaluate` needs from an eval step: logits [B, C] (packed: [B, K, C])."""
+        return {"logits": out.logits}
 
 
 def _example_weights(batch: dict[str, jax.Array]) -> jax.Array:
@@ -375,39 +412,3 @@ def _example_weights(batch: dict[str, jax.Array]) -> jax.Array:
     if "label_weights" in batch:
         return batch["label_weights"] * weights[:, None]
     return weights
-
-
-def normalizers(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Whole-batch denominator: the number of real examples (at least 1)."""
-    return {"examples": jnp.maximum(_example_weights(batch).sum(), 1.0)}
-
-
-def loss_and_metrics(
-    out: BertOutput, batch: dict[str, jax.Array], norm: dict[str, jax.Array]
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Cross-entropy (mean squared error when num_labels == 1) over real examples, and
-    accuracy (mse); each this batch's share of the whole-batch value.
-
-    out.logits [B, C] with batch["labels"] [B], or, packed, [B, K, C] with [B, K].
-    """
-    logits, labels = out.logits, batch["labels"]
-    if logits.ndim != labels.ndim + 1:
-        raise ValueError(
-            f"logits {logits.shape} do not fit labels {labels.shape}: packed batches need a model "
-            "that takes cls_positions and returns logits [B, K, C]"
-        )
-    weights = _example_weights(batch)
-    n = norm["examples"]
-    if logits.shape[-1] == 1:
-        squared = jnp.square(logits[..., 0].astype(jnp.float32) - labels.astype(jnp.float32))
-        loss = jnp.sum(squared * weights) / n
-        return loss, {"loss": loss, "mse": loss}
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    loss = jnp.sum(ce * weights) / n
-    correct = jnp.argmax(logits, -1) == labels
-    return loss, {"loss": loss, "accuracy": jnp.sum(correct * weights) / n}
-
-
-def eval_outputs(out: BertOutput, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """What `evaluate` needs from an eval step: logits [B, C] (packed: [B, K, C])."""
-    return {"logits": out.logits}

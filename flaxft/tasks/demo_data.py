@@ -37,6 +37,7 @@ from pathlib import Path
 
 from flaxft.data import corpus
 from flaxft.data.tokenize import split_sentences
+from flaxft.files import write_text_atomically
 
 TASKS = ("classification", "ner", "qa")
 
@@ -277,13 +278,6 @@ def qa_records() -> tuple[list[dict], list[dict]]:
 # ----------------------------------------------------------------------------- files
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
-
-
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
@@ -313,7 +307,7 @@ def make_task_data(task: str, out_dir: str | os.PathLike) -> dict[str, Path]:
     paths = {}
     for name, rows in zip(("train", "validation"), splits):
         paths[name] = out / f"{name}{suffix}"
-        _write_atomically(paths[name], render(rows))
+        write_text_atomically(paths[name], render(rows))
     return paths
 
 

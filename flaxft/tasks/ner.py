@@ -14,8 +14,9 @@ sorted. Batch fields: input_ids, attention_mask, token_type_ids, labels [B, L] i
 (`pack_features`) add segment_ids [B, L] int32 (1..k per example of a row, 0 on padding).
 """
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -23,22 +24,14 @@ import numpy as np
 import optax
 from tokenizers import Tokenizer
 
+from flaxft.data import packing
+from flaxft.data.features import Features, RowTemplate, plain_tokenizer, stack_rows
+from flaxft.data.records import Split, load_splits, require_fields
 from flaxft.errors import InputError
-from flaxft.models import BertOutput
+from flaxft.models import EncoderOutput
 from flaxft.tasks import metrics as metrics_lib
-from flaxft.tasks import packing
-from flaxft.tasks.records import (
-    Features,
-    RowLayout,
-    Split,
-    TaskData,
-    load_splits,
-    plain_tokenizer,
-    require_fields,
-    stack_rows,
-)
+from flaxft.tasks.task import TaskData
 
-ARCHITECTURE = "BertForTokenClassification"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "segment_ids")
 IGNORE = -100
 
@@ -65,8 +58,8 @@ def build(
     train, validation = load_splits(train_file, validation_file, dataset)
     tags = infer_tags(train, tokens_field, tags_field)
     options = dict(tokens_field=tokens_field, tags_field=tags_field, tags=tags)
-    train_features = prepare(train, tokenizer, seq_len, **options)
-    validation_features = prepare(validation, tokenizer, seq_len, **options) if validation else None
+    train_features = make_features(train, tokenizer, seq_len, **options)
+    validation_features = make_features(validation, tokenizer, seq_len, **options) if validation else None
     if pack == "all":
         train_features = pack_features(train_features, max_segments)
     if pack in ("eval", "all") and validation_features is not None:
@@ -119,7 +112,7 @@ def _sequence(value: Any, source: str, field: str, index: int) -> list:
     raise InputError(f"{source}: {field!r} of record {index} is not a list: {value!r}")
 
 
-def prepare(
+def make_features(
     split: Split | list[dict[str, Any]],
     tokenizer: Tokenizer,
     seq_len: int,
@@ -144,8 +137,8 @@ def prepare(
     tags = list(tags)
     tag_ids = {tag: i for i, tag in enumerate(tags)}
     names = split.class_names.get(tags_field)
-    layout = RowLayout.of(tokenizer, seq_len)
-    budget = layout.budget(False)
+    template = RowTemplate.of(tokenizer, seq_len)
+    budget = template.budget(False)
     words_per_example, tags_per_example = [], []
     for index, record in enumerate(split.records):
         words = [str(w) for w in _sequence(record[tokens_field], split.source, tokens_field, index)]
@@ -177,7 +170,7 @@ def prepare(
     for words, example_tags, encoding in zip(words_per_example, tags_per_example, encodings):
         ids = encoding.ids[:budget]
         word_ids = encoding.word_ids[:budget] if words else [None] * len(ids)
-        rows.append(layout.row(ids))
+        rows.append(template.row(ids))
         row_labels = np.full(seq_len, IGNORE, np.int32)
         row_words = np.full(seq_len, -1, np.int32)
         previous = None
@@ -201,7 +194,7 @@ def prepare(
 
 
 def pack_features(features: Features, max_segments: int = packing.DEFAULT_MAX_SEGMENTS) -> Features:
-    """Packs unpacked features (from `prepare`) several examples per row of the same
+    """Packs unpacked features (from `make_features`) several examples per row of the same
     length (`flaxft.tasks.packing.plan`); labels move with their tokens.
 
     Returns Features: input_ids, attention_mask, token_type_ids, segment_ids, labels
@@ -263,17 +256,54 @@ def evaluate(
     return scores, predictions
 
 
-# ----------------------------------------------------------------------------- device side
+# ----------------------------------------------------------------------------- the task
 
 
-def architecture() -> str:
-    """The flaxft architecture this task trains."""
-    return ARCHITECTURE
+@dataclasses.dataclass(frozen=True)
+class NER:
+    """Token classification; fields are the config.task keys it reads."""
 
+    head: ClassVar[str] = "token_classification"
 
-def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """The model call's keyword inputs (segment_ids when packed)."""
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    tokens_field: str = "tokens"
+    tags_field: str = "ner_tags"
+    pack: str = "eval"
+    max_segments: int = packing.DEFAULT_MAX_SEGMENTS
+
+    def build(self, tokenizer: Tokenizer, seq_len: int, *, train_file: str, validation_file: str,
+              dataset: str) -> TaskData:
+        """Both splits' features (`build`)."""
+        return build(tokenizer, seq_len, train_file=train_file, validation_file=validation_file,
+                     dataset=dataset, **dataclasses.asdict(self))
+
+    def evaluate(self, outputs: dict[str, np.ndarray], features: Features) -> tuple[dict[str, float], list[dict]]:
+        return evaluate(outputs, features)
+
+    def model_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """The model call's keyword inputs (segment_ids when packed)."""
+        return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+    def normalizers(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Whole-batch denominator: the number of labelled tokens (at least 1)."""
+        return {"tokens": jnp.maximum(_token_weights(batch).sum(), 1.0)}
+
+    def loss_and_metrics(
+        self, out: EncoderOutput, batch: dict[str, jax.Array], norm: dict[str, jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Token cross-entropy over labelled first sub-words, and token accuracy; each this
+        batch's share of the whole-batch value. out.logits [B, L, C], batch["labels"] [B, L]."""
+        labels = batch["labels"]
+        weights = _token_weights(batch)
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            out.logits.astype(jnp.float32), jnp.maximum(labels, 0)
+        )
+        loss = jnp.sum(ce * weights) / norm["tokens"]
+        correct = jnp.argmax(out.logits, -1) == labels
+        return loss, {"loss": loss, "accuracy": jnp.sum(correct * weights) / norm["tokens"]}
+
+    def eval_outputs(self, out: EncoderOutput, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """What `evaluate` needs: predicted class ids [B, L] int32 (not the [B, L, C] logits)."""
+        return {"predictions": jnp.argmax(out.logits, -1).astype(jnp.int32)}
 
 
 def _token_weights(batch: dict[str, jax.Array]) -> jax.Array:
@@ -282,28 +312,3 @@ def _token_weights(batch: dict[str, jax.Array]) -> jax.Array:
     if "weights" in batch:
         weights = weights * batch["weights"][:, None]
     return weights
-
-
-def normalizers(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Whole-batch denominator: the number of labelled tokens (at least 1)."""
-    return {"tokens": jnp.maximum(_token_weights(batch).sum(), 1.0)}
-
-
-def loss_and_metrics(
-    out: BertOutput, batch: dict[str, jax.Array], norm: dict[str, jax.Array]
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Token cross-entropy over labelled first sub-words, and token accuracy; each this
-    batch's share of the whole-batch value. out.logits [B, L, C], batch["labels"] [B, L]."""
-    labels = batch["labels"]
-    weights = _token_weights(batch)
-    ce = optax.softmax_cross_entropy_with_integer_labels(
-        out.logits.astype(jnp.float32), jnp.maximum(labels, 0)
-    )
-    loss = jnp.sum(ce * weights) / norm["tokens"]
-    correct = jnp.argmax(out.logits, -1) == labels
-    return loss, {"loss": loss, "accuracy": jnp.sum(correct * weights) / norm["tokens"]}
-
-
-def eval_outputs(out: BertOutput, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """What `evaluate` needs: predicted class ids [B, L] int32 (not the [B, L, C] logits)."""
-    return {"predictions": jnp.argmax(out.logits, -1).astype(jnp.int32)}

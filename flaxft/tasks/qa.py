@@ -23,7 +23,8 @@ Batch fields: input_ids, attention_mask, token_type_ids [B, L] int32; start_posi
 end_positions [B] int32; weights [B] float32 (from the loader).
 """
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,22 +32,13 @@ import numpy as np
 import optax
 from tokenizers import Tokenizer
 
+from flaxft.data.features import Features, RowTemplate, plain_tokenizer, stack_rows
+from flaxft.data.records import Split, load_splits, require_fields, text_value
 from flaxft.errors import InputError
-from flaxft.models import BertOutput
+from flaxft.models import EncoderOutput
 from flaxft.tasks import metrics as metrics_lib
-from flaxft.tasks.records import (
-    Features,
-    RowLayout,
-    Split,
-    TaskData,
-    load_splits,
-    plain_tokenizer,
-    require_fields,
-    stack_rows,
-    text_value,
-)
+from flaxft.tasks.task import TaskData
 
-ARCHITECTURE = "BertForQuestionAnswering"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_MAX_QUERY_LENGTH = 64
 
@@ -76,8 +68,8 @@ def build(
         doc_stride=doc_stride,
         max_query_length=max_query_length,
     )
-    train_features = prepare(train, tokenizer, seq_len, **options)
-    validation_features = prepare(validation, tokenizer, seq_len, **options) if validation else None
+    train_features = make_features(train, tokenizer, seq_len, **options)
+    validation_features = make_features(validation, tokenizer, seq_len, **options) if validation else None
     return TaskData(train_features, validation_features, num_labels=2)
 
 
@@ -95,7 +87,7 @@ def _answers(value: Any, source: str, field: str, index: int) -> tuple[list[str]
     return [str(t) for t in texts], [int(s) for s in starts]
 
 
-def prepare(
+def make_features(
     split: Split | list[dict[str, Any]],
     tokenizer: Tokenizer,
     seq_len: int,
@@ -131,9 +123,9 @@ def prepare(
             answers_field: "task.answers_field",
         },
     )
-    layout = RowLayout.of(tokenizer, seq_len)
+    template = RowTemplate.of(tokenizer, seq_len)
     max_query = max(1, min(max_query_length, seq_len // 2))
-    room = layout.budget(True) - max_query  # context tokens per window, at least
+    room = template.budget(True) - max_query  # context tokens per window, at least
     if doc_stride < 0 or doc_stride >= room:
         raise InputError(
             f"task.doc_stride ({doc_stride}) must be >= 0 and below the context room of a "
@@ -169,11 +161,11 @@ def prepare(
         ids = context_encodings[i].ids
         offsets = np.asarray(context_encodings[i].offsets, np.int64).reshape(-1, 2)
         answer_tokens = _answer_tokens(offsets, answer_starts[0], len(texts[0])) if texts else None
-        width = layout.budget(True) - len(question_ids)
+        width = template.budget(True) - len(question_ids)
         first = 0
         while True:
             last = min(first + width, len(ids))
-            rows.append(layout.row(question_ids, ids[first:last]))
+            rows.append(template.row(question_ids, ids[first:last]))
             span = (0, 0)
             if answer_tokens is not None and first <= answer_tokens[0] and answer_tokens[1] < last:
                 span = tuple(t - first + len(question_ids) + 2 for t in answer_tokens)
@@ -289,48 +281,65 @@ def evaluate(
     return metrics_lib.squad_scores(predicted, golds), predictions
 
 
-# ----------------------------------------------------------------------------- device side
+# ----------------------------------------------------------------------------- the task
 
 
-def architecture() -> str:
-    """The flaxft architecture this task trains."""
-    return ARCHITECTURE
+@dataclasses.dataclass(frozen=True)
+class QA:
+    """Extractive question answering; fields are the config.task keys it reads."""
 
+    head: ClassVar[str] = "question_answering"
 
-def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return {k: batch[k] for k in MODEL_INPUTS}
+    question_field: str = "question"
+    context_field: str = "context"
+    answers_field: str = "answers"
+    doc_stride: int = 128
+    max_query_length: int = DEFAULT_MAX_QUERY_LENGTH
+    n_best_size: int = 20
+    max_answer_length: int = 30
+
+    def build(self, tokenizer: Tokenizer, seq_len: int, *, train_file: str, validation_file: str,
+              dataset: str) -> TaskData:
+        """Both splits' windows (`build`)."""
+        options = dataclasses.asdict(self)
+        del options["n_best_size"], options["max_answer_length"]
+        return build(tokenizer, seq_len, train_file=train_file, validation_file=validation_file,
+                     dataset=dataset, **options)
+
+    def evaluate(self, outputs: dict[str, np.ndarray], features: Features) -> tuple[dict[str, float], list[dict]]:
+        return evaluate(outputs, features, n_best_size=self.n_best_size, max_answer_length=self.max_answer_length)
+
+    def model_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        return {k: batch[k] for k in MODEL_INPUTS}
+
+    def normalizers(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Whole-batch denominator: the number of real rows (at least 1)."""
+        return {"rows": jnp.maximum(_row_weights(batch).sum(), 1.0)}
+
+    def loss_and_metrics(
+        self, out: EncoderOutput, batch: dict[str, jax.Array], norm: dict[str, jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean of the start and end cross-entropies over real rows, and the accuracy of each
+        (this batch's share). out.start_logits, out.end_logits [B, L]; positions [B]."""
+        weights, n = _row_weights(batch), norm["rows"]
+        terms = {}
+        for side in ("start", "end"):
+            logits = getattr(out, f"{side}_logits").astype(jnp.float32)
+            positions = batch[f"{side}_positions"]
+            terms[f"{side}_loss"] = (
+                jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, positions) * weights)
+                / n
+            )
+            terms[f"{side}_accuracy"] = jnp.sum((jnp.argmax(logits, -1) == positions) * weights) / n
+        loss = (terms["start_loss"] + terms["end_loss"]) / 2
+        return loss, {"loss": loss, **terms}
+
+    def eval_outputs(self, out: EncoderOutput, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """What `evaluate` needs: start_logits and end_logits [B, L]."""
+        return {"start_logits": out.start_logits, "end_logits": out.end_logits}
 
 
 def _row_weights(batch: dict[str, jax.Array]) -> jax.Array:
     if "weights" in batch:
         return batch["weights"]
     return jnp.ones(batch["start_positions"].shape, jnp.float32)
-
-
-def normalizers(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Whole-batch denominator: the number of real rows (at least 1)."""
-    return {"rows": jnp.maximum(_row_weights(batch).sum(), 1.0)}
-
-
-def loss_and_metrics(
-    out: BertOutput, batch: dict[str, jax.Array], norm: dict[str, jax.Array]
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean of the start and end cross-entropies over real rows, and the accuracy of each
-    (this batch's share). out.start_logits, out.end_logits [B, L]; positions [B]."""
-    weights, n = _row_weights(batch), norm["rows"]
-    terms = {}
-    for side in ("start", "end"):
-        logits = getattr(out, f"{side}_logits").astype(jnp.float32)
-        positions = batch[f"{side}_positions"]
-        terms[f"{side}_loss"] = (
-            jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, positions) * weights)
-            / n
-        )
-        terms[f"{side}_accuracy"] = jnp.sum((jnp.argmax(logits, -1) == positions) * weights) / n
-    loss = (terms["start_loss"] + terms["end_loss"]) / 2
-    return loss, {"loss": loss, **terms}
-
-
-def eval_outputs(out: BertOutput, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """What `evaluate` needs: start_logits and end_logits [B, L]."""
-    return {"start_logits": out.start_logits, "end_logits": out.end_logits}

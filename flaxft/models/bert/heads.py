@@ -2,23 +2,21 @@
 classification, token classification and extractive QA.
 
 Every architecture keeps the encoder under `params["bert"]`, so encoder weights move
-between heads unchanged. Shape suffixes as in `flaxft.models.bert`; M is the number of
+between heads unchanged. Shape suffixes as in `flaxft.models.bert.encoder`; M is the number of
 masked positions per row.
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from flaxft.models.bert import (
-    Array,
-    BertModule,
-    BertOutput,
-    activation,
-    dense,
-    layer_norm,
-)
-from flaxft.models.config import BertConfig
+from flaxft.models.bert.configuration import BertConfig
+from flaxft.models.bert.encoder import BertModule
 from flaxft.models.dropout import Dropout
+from flaxft.models.family import EncoderOutput
+from flaxft.models.layers import activation, dense, layer_norm
+
+Array = jax.Array
 
 
 class BertMLMHead(nn.Module):
@@ -77,7 +75,7 @@ class _BertWithHead(nn.Module):
         masked_positions: Array | None = None,
         deterministic: bool = True,
         cls_positions: Array | None = None,
-    ) -> BertOutput:
+    ) -> EncoderOutput:
         """Encodes input_ids [B, L] and applies the head.
 
         attention_mask, token_type_ids, position_ids, segment_ids: [B, L], see
@@ -102,7 +100,7 @@ class _BertWithHead(nn.Module):
         )
         return self.head(out, deterministic)
 
-    def head(self, out: BertOutput, deterministic: bool) -> BertOutput:
+    def head(self, out: EncoderOutput, deterministic: bool) -> EncoderOutput:
         return out
 
     def setup_classifier(self):
@@ -180,25 +178,3 @@ class BertForQuestionAnswering(_BertWithHead):
     def head(self, out, deterministic):
         logits_BL2 = self.qa_outputs(out.last_hidden_state).astype(jnp.float32)
         return out.replace(start_logits=logits_BL2[..., 0], end_logits=logits_BL2[..., 1])
-
-
-ARCHITECTURES: dict[str, type[_BertWithHead]] = {
-    cls.__name__: cls
-    for cls in (
-        BertModel,
-        BertForPreTraining,
-        BertForMaskedLM,
-        BertForSequenceClassification,
-        BertForTokenClassification,
-        BertForQuestionAnswering,
-    )
-}
-
-
-def init_params(model: _BertWithHead, rng: Array, seq_len: int = 8) -> dict:
-    """Freshly initialised parameters (logically boxed) for `model`."""
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-    return model.init(rng, ids)["params"]
-
-
-__all__ = ["ARCHITECTURES", "BertOutput", "init_params", *ARCHITECTURES]

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from flaxft.errors import InputError
-from flaxft.tasks import records
+from flaxft.data import records
+from flaxft.data.features import truncate_pair
 
 ROWS = [{"text": "a good film", "label": 1}, {"text": "NA", "label": 0}]
 
@@ -151,14 +152,14 @@ def test_require_fields_names_file_column_and_key(tmp_path):
 
 
 def test_truncate_pair_longest_first():
-    assert records.truncate_pair(3, 4, 10) == (3, 4)
-    assert records.truncate_pair(10, 2, 8) == (6, 2)
-    assert records.truncate_pair(2, 10, 8) == (2, 6)
-    assert records.truncate_pair(10, 9, 8) == (4, 4)
-    assert records.truncate_pair(10, 9, 7) == (4, 3)
-    assert records.truncate_pair(9, 10, 7) == (3, 4)  # the longer part gets the odd token
-    assert records.truncate_pair(10, 10, 7) == (3, 4)  # the second on ties
-    assert records.truncate_pair(20, 5, 8) == (4, 4)  # as tokenizers: both halved, not 3 + 5
+    assert truncate_pair(3, 4, 10) == (3, 4)
+    assert truncate_pair(10, 2, 8) == (6, 2)
+    assert truncate_pair(2, 10, 8) == (2, 6)
+    assert truncate_pair(10, 9, 8) == (4, 4)
+    assert truncate_pair(10, 9, 7) == (4, 3)
+    assert truncate_pair(9, 10, 7) == (3, 4)  # the longer part gets the odd token
+    assert truncate_pair(10, 10, 7) == (3, 4)  # the second on ties
+    assert truncate_pair(20, 5, 8) == (4, 4)  # as tokenizers: both halved, not 3 + 5
 
 
 def test_truncate_pair_matches_hugging_face_tokenizers(minilm_dir):
@@ -169,5 +170,5 @@ def test_truncate_pair_matches_hugging_face_tokenizers(minilm_dir):
     for len_a, len_b, budget in itertools.product(range(1, 10), range(1, 10), range(2, 10)):
         ids = tokenizer(" ".join(["cat"] * len_a), " ".join(["dog"] * len_b), truncation=True,
                         max_length=budget + 3)["input_ids"]
-        assert records.truncate_pair(len_a, len_b, budget) == (ids.count(cat), ids.count(dog)), (
+        assert truncate_pair(len_a, len_b, budget) == (ids.count(cat), ids.count(dog)), (
             len_a, len_b, budget)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from flaxft.errors import InputError
-from flaxft.tasks.finetune_loader import FinetuneLoader, concat_outputs
+from flaxft.data.loader import FinetuneLoader, concat_outputs
 
 N = 10
 

@@ -3,208 +3,22 @@
 Shape suffixes: B batch, L sequence length, D hidden size, N attention heads,
 H head size, F intermediate (MLP) size, V vocabulary size.
 
-Every parameter carries logical axis names (see `LOGICAL_AXES`); activations carry
-`activation_*` names. Which mesh axes they map to is decided outside the model.
+Every parameter carries logical axis names (`flaxft.models.layers.LOGICAL_AXES`);
+activations carry `activation_*` names. Which mesh axes they map to is decided outside
+the model.
 """
 
-import math
-from collections.abc import Callable, Sequence
-
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 
-from flaxft.models.config import BertConfig
-from flaxft.models.dropout import Dropout, dropout
+from flaxft.models.attention import attention, attention_mask_B1LL, gather_query_rows
+from flaxft.models.bert.configuration import BertConfig
+from flaxft.models.dropout import Dropout
+from flaxft.models.family import EncoderOutput
+from flaxft.models.layers import REMAT, activation, dense, embed, gather_positions, layer_norm, segment_positions
 
 Array = jax.Array
-
-LOGICAL_AXES = {
-    "vocab": "vocabulary rows of the word embeddings and the MLM output bias",
-    "embed": "hidden size D, the model's residual stream",
-    "position": "rows of the position embeddings",
-    "token_type": "rows of the token type embeddings",
-    "heads": "attention heads N",
-    "kv": "size H of each attention head",
-    "mlp": "intermediate size F of the feed-forward block",
-    "hidden": "output features of square D x D projections (pooler, MLM transform)",
-    "classes": "output classes of the NSP, classification and QA heads",
-    "layers": "stacked layers when scan_layers is on",
-}
-
-_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    # PyTorch's exact GELU, x/2 (1 + erf(x/sqrt 2)): on XLA:CPU erf is cheaper than the
-    # erfc that jax.nn.gelu(approximate=False) evaluates (bert_base step 1.05x).
-    "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476)),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
-
-_REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
-
-def activation(name: str) -> Callable[[Array], Array]:
-    """The elementwise activation Hugging Face calls `name`."""
-    return _ACTIVATIONS[name]
-
-
-@flax.struct.dataclass
-class BertOutput:
-    """What every flaxft BERT returns; heads fill in their own fields.
-
-    last_hidden_state [B, L, D], or [B, M, D] when the MLM heads were given M masked
-    positions per row; pooler_output [B, D] (None without a pooler);
-    mlm_logits [B, L, V] or [B, M, V] at masked positions; nsp_logits [B, 2];
-    logits [B, num_labels] (sequence) or [B, L, num_labels] (token);
-    start_logits / end_logits [B, L].
-    """
-
-    last_hidden_state: Array
-    pooler_output: Array | None = None
-    mlm_logits: Array | None = None
-    nsp_logits: Array | None = None
-    logits: Array | None = None
-    start_logits: Array | None = None
-    end_logits: Array | None = None
-
-
-class Dense(nn.Module):
-    """`nn.DenseGeneral`'s parameters and math, computed as one 2-D matrix product.
-
-    The kernel has shape (*contracted input dims, *features) and keeps its logical axis
-    names; it is reshaped to [K, F] for the product (a free bitcast). XLA's CPU backend
-    canonicalises a dot over several contracted dims by transposing its operands in the
-    forward and backward pass; the 2-D form avoids those copies (bert_base step 1.1x).
-    """
-
-    config: BertConfig
-    features: tuple[int, ...]
-    num_contracted: int
-    kernel_axes: tuple[str, ...]
-    bias_axes: tuple[str, ...] | None
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        """x [..., *contracted] -> [..., *features] in the compute dtype."""
-        cfg = self.config
-        lead, contracted = x.shape[: x.ndim - self.num_contracted], x.shape[x.ndim - self.num_contracted :]
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), self.kernel_axes),
-            (*contracted, *self.features),
-            cfg.weights_dtype,
-        )
-        k, f = math.prod(contracted), math.prod(self.features)
-        y_XF = jnp.dot(x.reshape(-1, k).astype(cfg.compute_dtype), kernel.reshape(k, f).astype(cfg.compute_dtype))
-        if self.bias_axes is not None:
-            bias = self.param(
-                "bias",
-                nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_axes),
-                self.features,
-                cfg.weights_dtype,
-            )
-            y_XF = y_XF + bias.reshape(f).astype(cfg.compute_dtype)
-        return y_XF.reshape(*lead, *self.features)
-
-
-def dense(
-    config: BertConfig,
-    features: int | Sequence[int],
-    kernel_axes: tuple[str, ...],
-    bias_axes: tuple[str, ...] | None,
-    name: str,
-    num_contracted: int = 1,
-) -> Dense:
-    """A dense layer with BERT's init and logical axis names on kernel and bias (no bias
-    when `bias_axes` is None), contracting the last `num_contracted` input axes."""
-    features = (features,) if isinstance(features, int) else tuple(features)
-    return Dense(config, features, num_contracted, kernel_axes, bias_axes, name=name)
-
-
-def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
-    """LayerNorm over D with statistics computed in float32, as PyTorch does."""
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_eps,
-        dtype=config.compute_dtype,
-        param_dtype=config.weights_dtype,
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-        name=name,
-    )
-
-
-def embed(config: BertConfig, rows: int, axis: str, name: str) -> nn.Embed:
-    return nn.Embed(
-        rows,
-        config.hidden_size,
-        dtype=config.compute_dtype,
-        param_dtype=config.weights_dtype,
-        embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(config.initializer_range), (axis, "embed")
-        ),
-        name=name,
-    )
-
-
-def segment_positions(segment_ids_BL: Array) -> Array:
-    """Position of each token inside its segment: restarts at 0 where the id changes. [B, L]."""
-    length = segment_ids_BL.shape[1]
-    index_BL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segment_ids_BL.shape)
-    is_start_BL = jnp.concatenate(
-        [jnp.ones_like(segment_ids_BL[:, :1], bool), segment_ids_BL[:, 1:] != segment_ids_BL[:, :-1]],
-        axis=1,
-    )
-    start_BL = jax.lax.cummax(jnp.where(is_start_BL, index_BL, 0), axis=1)
-    return index_BL - start_BL
-
-
-def attention_mask_B1LL(attention_mask_BL: Array, segment_ids_BL: Array | None) -> Array:
-    """Boolean mask [B, 1, L, L]: query q may attend to key k.
-
-    Keys must be real tokens (attention_mask 1); with segment ids, queries and keys must
-    also belong to the same packed segment.
-    """
-    mask_B1LL = attention_mask_BL.astype(bool)[:, None, None, :]
-    if segment_ids_BL is not None:
-        same_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
-        mask_B1LL = mask_B1LL & same_BLL[:, None]
-    return mask_B1LL
-
-
-def gather_positions(x_BLD: Array, positions_BM: Array) -> Array:
-    """Rows of x at the given positions of each sequence. [B, M, D]."""
-    return jnp.take_along_axis(x_BLD, positions_BM[:, :, None], axis=1)
-
-
-def gather_query_rows(mask_B1LL: Array, positions_BQ: Array) -> Array:
-    """The attention mask's rows for queries at the given positions: [B, 1, Q, L]
-    (a mask that does not vary over queries, [B, 1, 1, L], is returned as it is)."""
-    if mask_B1LL.shape[2] == 1:
-        return mask_B1LL
-    return jnp.take_along_axis(mask_B1LL, positions_BQ[:, None, :, None], axis=2)
-
-
-def attention_with_dropout(
-    q_BLNH: Array, k_BLNH: Array, v_BLNH: Array, mask_B1LL: Array, rate: float, dropout_rng: Array
-) -> Array:
-    """Softmax attention with dropout on the probabilities (softmax in float32). [B, L, N, H]."""
-    scale = q_BLNH.shape[-1] ** -0.5
-    logits_BNLL = jnp.einsum("bqnh,bknh->bnqk", q_BLNH, k_BLNH, preferred_element_type=jnp.float32)
-    logits_BNLL = jnp.where(mask_B1LL, logits_BNLL * scale, jnp.finfo(jnp.float32).min)
-    probs_BNLL = jax.nn.softmax(logits_BNLL, axis=-1)
-    probs_BNLL = dropout(probs_BNLL, rate, dropout_rng)
-    return jnp.einsum("bnqk,bknh->bqnh", probs_BNLL.astype(v_BLNH.dtype), v_BLNH)
 
 
 class BertEmbeddings(nn.Module):
@@ -266,10 +80,8 @@ class BertSelfAttention(nn.Module):
             for name, x in (("query", x_BQD), ("key", x_BLD), ("value", x_BLD))
         )
         rate = cfg.attention_probs_dropout_prob
-        if self.deterministic or rate == 0.0:
-            ctx_BQNH = jax.nn.dot_product_attention(q_BQNH, k_BLNH, v_BLNH, mask=mask_B1LL)
-        else:
-            ctx_BQNH = attention_with_dropout(q_BQNH, k_BLNH, v_BLNH, mask_B1LL, rate, self.make_rng("dropout"))
+        dropout_rng = None if self.deterministic or rate == 0.0 else self.make_rng("dropout")
+        ctx_BQNH = attention(q_BQNH, k_BLNH, v_BLNH, mask_B1LL, rate, dropout_rng)
         out_BQD = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), ("embed",), "output", num_contracted=2)(ctx_BQNH)
         out_BQD = Dropout(cfg.hidden_dropout_prob)(out_BQD, deterministic=self.deterministic)
         return layer_norm(cfg, "LayerNorm")(x_BQD + out_BQD)
@@ -329,7 +141,7 @@ class BertEncoder(nn.Module):
         cfg = self.config
         layer = BertLayer
         if cfg.remat_policy != "none":
-            layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+            layer = nn.remat(layer, policy=REMAT[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
             stack = nn.scan(
                 layer,
@@ -370,7 +182,7 @@ class BertModule(nn.Module):
         deterministic: bool = True,
         cls_positions_BK: Array | None = None,
         output_positions_BM: Array | None = None,
-    ) -> BertOutput:
+    ) -> EncoderOutput:
         """Encodes a batch.
 
         input_ids_BL: token ids [B, L]. attention_mask_BL: 1 for real tokens [B, L]
@@ -402,7 +214,7 @@ class BertModule(nn.Module):
         if not self.add_pooling_layer:
             if cls_positions_BK is not None:
                 raise ValueError("cls_positions needs a model with a pooler")
-            return BertOutput(last_hidden_state=self.encoder(x_BLD, mask_B1LL, deterministic, output_positions_BM))
+            return EncoderOutput(last_hidden_state=self.encoder(x_BLD, mask_B1LL, deterministic, output_positions_BM))
         pooled_BK = cls_positions_BK
         if pooled_BK is None:
             pooled_BK = jnp.zeros((input_ids_BL.shape[0], 1), jnp.int32)
@@ -416,7 +228,7 @@ class BertModule(nn.Module):
         pooled_BKD = jnp.tanh(self.pooler(first_BKD))
         if cls_positions_BK is None:
             pooled_BKD = pooled_BKD[:, 0]
-        return BertOutput(last_hidden_state=hidden_BLD, pooler_output=pooled_BKD)
+        return EncoderOutput(last_hidden_state=hidden_BLD, pooler_output=pooled_BKD)
 
     def attend(self, x_BMD: Array) -> Array:
         """Scores against the word embeddings (the tied MLM decoder). [B, M, V]."""

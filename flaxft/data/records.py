@@ -1,5 +1,4 @@
-"""Fine-tuning data: files and Hugging Face datasets -> records (one dict per example),
-plus what the three tasks share on the host (the `Features` container, BERT row layout).
+"""Fine-tuning data: files and Hugging Face datasets -> records (one dict per example).
 
 A split is named by one string (`task.train_file`, `task.validation_file`), resolved as:
 
@@ -34,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
-from flaxft.data.tokenizer import special_token_ids
+from flaxft.data.hub import is_saved_dataset, load_named, load_saved, one_line
 from flaxft.errors import InputError
 
 RECORD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -56,35 +54,6 @@ class Split:
     records: list[dict[str, Any]]
     source: str
     class_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class Features:
-    """A split turned into fixed-size arrays.
-
-    arrays: the batch fields the loader serves, each [N, ...] (N rows).
-    host: what evaluation needs on the host (example indices, offsets, label names,
-        references to the records); never sent to devices.
-    """
-
-    arrays: dict[str, np.ndarray]
-    host: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
-
-
-@dataclasses.dataclass
-class TaskData:
-    """What a task's `build` returns: the features of both splits and the model's head size.
-
-    id2label: class names in id order (empty for regression and QA), for the model config.
-    """
-
-    train: Features
-    validation: Features | None
-    num_labels: int
-    id2label: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -125,9 +94,9 @@ def read_split(source: str, split: str = "train", *, what: str = "task.train_fil
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        if not _is_saved_dataset(path):
+        if not is_saved_dataset(path):
             raise InputError(f"{what} {source!r} is a folder but not a saved Hugging Face dataset")
-        dataset = _load_from_disk(path, what)
+        dataset = load_saved(path, what)
         if hasattr(dataset, "keys"):  # DatasetDict
             if split not in dataset:
                 raise InputError(
@@ -148,7 +117,7 @@ def read_split(source: str, split: str = "train", *, what: str = "task.train_fil
         raise
     except Exception as e:  # noqa: BLE001 -- malformed files are bad input
         raise InputError(
-            f"{what} {source!r} cannot be read: {type(e).__name__}: {_one_line(e)}"
+            f"{what} {source!r} cannot be read: {type(e).__name__}: {one_line(e)}"
         ) from e
     if not records:
         raise InputError(f"{what} {source!r} is empty (no records)")
@@ -167,10 +136,6 @@ def require_fields(split: Split, fields: Sequence[str], what: Mapping[str, str])
                     f"{split.source}: no column {field!r} ({what.get(field, field)}){where}; "
                     f"columns: {columns}"
                 )
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:500]
 
 
 def _read_file(path: Path, suffix: str) -> list[dict[str, Any]]:
@@ -247,45 +212,22 @@ def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _is_saved_dataset(folder: Path) -> bool:
-    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
-
-
-def _load_from_disk(path: Path, what: str):
-    import datasets
-
-    try:
-        return datasets.load_from_disk(str(path))
-    except Exception as e:  # noqa: BLE001 -- any failure is a bad dataset folder
-        raise InputError(f"{what} {str(path)!r}: cannot load dataset folder: {_one_line(e)}") from e
-
-
 def _load_dataset(dataset: str):
     """A DatasetDict from a save_to_disk folder or the hub ("name" or "name:config")."""
     path = Path(dataset).expanduser()
     if path.is_dir():
-        if not _is_saved_dataset(path):
+        if not is_saved_dataset(path):
             raise InputError(
                 f"task.dataset {dataset!r} is a folder but not a saved Hugging Face dataset"
             )
-        loaded = _load_from_disk(path, "task.dataset")
+        loaded = load_saved(path, "task.dataset")
         if not hasattr(loaded, "keys"):
             raise InputError(
                 f"task.dataset {dataset!r} is a single Dataset, not a DatasetDict with splits; "
                 "name it in task.train_file / task.validation_file instead"
             )
         return loaded
-    import datasets
-
-    name, _, config = dataset.partition(":")
-    try:
-        return datasets.load_dataset(name, config or None)
-    except Exception as e:  # noqa: BLE001 -- offline, uncached, misspelt: all bad input
-        raise InputError(
-            f"task.dataset {dataset!r}: loading it with datasets.load_dataset({name!r}, "
-            f"{config or None!r}) failed (offline, only cached datasets load): "
-            f"{type(e).__name__}: {_one_line(e)}"
-        ) from e
+    return load_named(dataset, "task.dataset")
 
 
 def _dataset_split(whole, dataset: str, names: Sequence[str], what: str, required: bool = True):
@@ -325,17 +267,6 @@ def split_fields(fields: str | Sequence[str]) -> list[str]:
     return [part.strip() for part in parts if part and part.strip()]
 
 
-def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
-    """`tokenizer` itself, or a copy with truncation and padding off if it has either
-    (tasks truncate and pad themselves; the caller's tokenizer is never changed)."""
-    if tokenizer.truncation is None and tokenizer.padding is None:
-        return tokenizer
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
-
-
 def text_value(value: Any, source: str, field: str, index: int) -> str:
     """A text cell as a string; None or a non-scalar is an InputError naming the cell."""
     if isinstance(value, str):
@@ -345,71 +276,3 @@ def text_value(value: Any, source: str, field: str, index: int) -> str:
     if isinstance(value, (int, float, bool)):
         return str(value)
     raise InputError(f"{source}: column {field!r} of record {index} is not text: {value!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class RowLayout:
-    """BERT's row layout: [CLS] A [SEP] (B [SEP]) [PAD]..., token types 0 for the first
-    part, 1 for the second."""
-
-    seq_len: int
-    cls: int
-    sep: int
-    pad: int
-
-    @classmethod
-    def of(cls, tokenizer: Tokenizer, seq_len: int) -> "RowLayout":
-        if seq_len < 4:
-            raise InputError(f"seq_len must be at least 4 for fine-tuning, got {seq_len}")
-        ids = special_token_ids(tokenizer)
-        return cls(seq_len, ids["cls"], ids["sep"], ids["pad"])
-
-    def budget(self, pair: bool) -> int:
-        """Room for text tokens: seq_len minus 2 (single) or 3 (pair) special tokens."""
-        return self.seq_len - (3 if pair else 2)
-
-    def row(self, first: Sequence[int], second: Sequence[int] | None = None):
-        """(input_ids, token_type_ids, length) of one row, as lists padded to seq_len;
-        the parts must already fit."""
-        ids = [self.cls, *first, self.sep]
-        types = [0] * len(ids)
-        if second is not None:
-            ids += [*second, self.sep]
-            types += [1] * (len(second) + 1)
-        length = len(ids)
-        assert length <= self.seq_len, (length, self.seq_len)
-        padding = self.seq_len - length
-        return ids + [self.pad] * padding, types + [0] * padding, length
-
-
-def truncate_pair(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Lengths after "longest first" truncation to at most `budget` tokens in total, as
-    Hugging Face tokenizers computes it: the longer part is cut to `budget` minus the
-    shorter; if both together still do not fit, each gets half the budget, the longer
-    (the second on ties) the odd token."""
-    if len_a + len_b <= budget:
-        return len_a, len_b
-    shorter, longer = min(len_a, len_b), max(len_a, len_b)
-    longer = max(shorter, budget - shorter)
-    if shorter + longer > budget:
-        shorter, longer = budget // 2, budget - budget // 2
-    return (longer, shorter) if len_a > len_b else (shorter, longer)
-
-
-def stack_rows(rows: list[tuple[list[int], list[int], int]], seq_len: int) -> dict[str, np.ndarray]:
-    """input_ids, token_type_ids, attention_mask [N, L] int32 from `RowLayout.row` outputs."""
-    n = len(rows)
-    input_ids = np.array([r[0] for r in rows], np.int32).reshape(n, seq_len)
-    token_type_ids = np.array([r[1] for r in rows], np.int32).reshape(n, seq_len)
-    lengths = np.array([r[2] for r in rows], np.int64)
-    attention_mask = (np.arange(seq_len) < lengths[:, None]).astype(np.int32)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "token_type_ids": token_type_ids,
-    }
-
-
-def padding_fraction(attention_mask: np.ndarray) -> float:
-    """Fraction of the [N, L] positions that are padding."""
-    return float(1.0 - attention_mask.mean()) if attention_mask.size else 0.0

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from flaxft.files import write_text_atomically
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 TENSORBOARD_DIR = "tensorboard"
@@ -63,9 +65,7 @@ def truncate_metrics(workdir: str | os.PathLike, last_step: int) -> None:
     path = Path(workdir) / METRICS_FILE
     if path.exists():
         kept = [json.dumps(r) + "\n" for r in read_metrics(workdir) if r["step"] <= last_step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_text_atomically(path, "".join(kept))
 
 
 def plot_losses(workdir: str | os.PathLike) -> Path | None:

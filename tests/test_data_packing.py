@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flaxft.tasks import packing
+from flaxft.data import packing
 
 
 @pytest.mark.parametrize("seed", range(5))

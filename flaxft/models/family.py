@@ -1,0 +1,226 @@
+"""What a model family is: the contract every family module fills in.
+
+A family (BERT today) is one package under `flaxft.models` that declares a `Family`:
+its config dataclass (Hugging Face field names, a `ModelConfig`), its modules and heads
+by role, where its encoder and layer stack sit in the parameter tree, its Hugging Face
+format (`HFFormat`: config.json and state-dict names, read and written through one
+table), its tokenizer kind and its training FLOPs. `flaxft.models.registry` lists the
+families; nothing else in flaxft names one. The guide for adding a family is
+docs/adding_a_family.md.
+"""
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from flaxft.errors import InputError
+
+Array = jax.Array
+
+# The heads a family provides, by what a task needs of them, named as transformers names
+# the classes: <Family>Model, ForPreTraining, ForMaskedLM, ForSequenceClassification, ...
+HEAD_ROLES = (
+    "encoder",  # bare encoder: last_hidden_state (and pooler_output where the family has one)
+    "pretraining",  # the family's own pretraining heads (BERT: masked LM + next sentence)
+    "masked_lm",
+    "sequence_classification",
+    "token_classification",
+    "question_answering",
+)
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@flax.struct.dataclass
+class EncoderOutput:
+    """What every flaxft model returns; heads fill in their own fields.
+
+    last_hidden_state [B, L, D], or [B, M, D] when an MLM head was given M masked
+    positions per row; pooler_output [B, D] (None without a pooler);
+    mlm_logits [B, L, V] or [B, M, V] at masked positions; nsp_logits [B, 2];
+    logits [B, num_labels] (sequence) or [B, L, num_labels] (token);
+    start_logits / end_logits [B, L].
+    """
+
+    last_hidden_state: Array
+    pooler_output: Array | None = None
+    mlm_logits: Array | None = None
+    nsp_logits: Array | None = None
+    logits: Array | None = None
+    start_logits: Array | None = None
+    end_logits: Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Fields every family's config has besides its Hugging Face fields.
+
+    A family's config subclasses this and adds its Hugging Face config fields, under their
+    Hugging Face names; every family has at least vocab_size, hidden_size,
+    num_hidden_layers, max_position_embeddings and initializer_range.
+
+    num_labels, id2label: the classification head's size and class names.
+    Training options (not in Hugging Face's config.json):
+      dtype: compute dtype of activations ("float32", "bfloat16").
+      param_dtype: dtype parameters are stored in.
+      scan_layers: stack the encoder layers under `nn.scan` (one compiled layer body).
+      remat_policy: rematerialisation of each layer in the backward pass:
+        "none", "full" (save nothing), "dots" (save matmul outputs),
+        "dots_no_batch" (save matmul outputs without batch dimensions).
+    """
+
+    TRAINING_OPTIONS: ClassVar[tuple[str, ...]] = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+
+    num_labels: int = 2
+    id2label: tuple[str, ...] = ()
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if self.remat_policy not in REMAT_POLICIES:
+            raise InputError(f"model.remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
+        for field in ("dtype", "param_dtype"):
+            try:
+                jnp.dtype(getattr(self, field))
+            except TypeError:
+                raise InputError(f"model.{field} {getattr(self, field)!r} is not a dtype") from None
+        if self.num_labels < 1:
+            raise InputError(f"model.num_labels must be positive, got {self.num_labels}")
+        if self.id2label and len(self.id2label) != self.num_labels:
+            raise InputError(
+                f"model.id2label has {len(self.id2label)} names but model.num_labels is {self.num_labels}"
+            )
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weights_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every field."""
+        d = dataclasses.asdict(self)
+        d["id2label"] = list(self.id2label)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        """Builds a config from `to_dict()` output; unknown keys are an InputError."""
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise InputError(f"unknown model config field(s): {', '.join(unknown)}")
+        d = dict(d)
+        if "id2label" in d:
+            d["id2label"] = tuple(d["id2label"])
+        return cls(**d)
+
+    @classmethod
+    def hf_fields(cls) -> tuple[str, ...]:
+        """The fields read from and written to Hugging Face's config.json."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in cls.TRAINING_OPTIONS)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def field_type(cls: type[ModelConfig], name: str) -> type:
+    """The type of config field `name`, `T` for an optional `T | None`."""
+    annotation = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+@dataclasses.dataclass(frozen=True)
+class Weight:
+    """One parameter: its flaxft path, its Hugging Face state-dict name (without the
+    family's base-model prefix) and the functions converting the flaxft array to the
+    Hugging Face tensor and back."""
+
+    path: tuple[str, ...]
+    hf_name: str
+    to_hf: Callable[[Any], Any]
+    from_hf: Callable[[Any], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class HFFormat:
+    """How a family's models look in Hugging Face folders.
+
+    base_prefix: what transformers puts before encoder weights inside a model with a head
+        ("bert."); a bare-encoder folder has none.
+    weight_table(config, architecture): every parameter of `architecture` in the unrolled
+        layout, in a fixed order; reading and writing both walk it.
+    check_config(hf_dict, source): InputError for a config.json the family cannot read
+        (naming `source`).
+    config_extras(config, architecture): config.json entries beyond the config's fields.
+    read_aliases(tensors, config): a read state dict (base prefix already dropped) with
+        tied copies and buffers resolved: only table names and other heads' weights left.
+    head_prefixes: how head weights' names start (never base-prefixed); weights of a head
+        the model lacks (or of an optional encoder part) are skipped when reading.
+    write_extras(tensors, config): tensors transformers expects beside the table's.
+    """
+
+    base_prefix: str
+    weight_table: Callable[[ModelConfig, str], list[Weight]]
+    check_config: Callable[[Mapping[str, Any], str], None]
+    config_extras: Callable[[ModelConfig, str], dict[str, Any]]
+    read_aliases: Callable[[dict[str, Any], ModelConfig], dict[str, Any]]
+    head_prefixes: tuple[str, ...]
+    write_extras: Callable[[dict[str, Any], ModelConfig], dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One model family.
+
+    name: what `model.family` names it by.
+    model_types: the Hugging Face `model_type`s whose folders it reads (the first is written).
+    config_class: its `ModelConfig` subclass.
+    heads: module class per role in HEAD_ROLES it supports; the class names are the
+        transformers architecture names.
+    encoder_key: the top-level parameter subtree every head keeps the encoder under, so
+        encoder weights move between heads unchanged.
+    layers_path: where the layer stack sits: `layer_{i}` subtrees (unrolled) or one
+        `layers` subtree with a leading layer axis (scan_layers).
+    optional_encoder_params: encoder subtrees a model may start afresh when a checkpoint
+        lacks them (BERT's pooler, absent from masked-LM checkpoints).
+    tokenizer: the kind of tokenizer its checkpoints come with ("wordpiece", ...).
+    logical_axes: the logical axis names its parameters carry (see `layers.LOGICAL_AXES`).
+    hf: its Hugging Face format.
+    train_flops(config, batch, seq_len, max_predictions, with_nsp): model FLOPs of one
+        pretraining step (forward + backward), for MFU.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    config_class: type[ModelConfig]
+    heads: Mapping[str, type[nn.Module]]
+    encoder_key: str
+    layers_path: tuple[str, ...]
+    optional_encoder_params: tuple[str, ...]
+    tokenizer: str
+    logical_axes: tuple[str, ...]
+    hf: HFFormat
+    train_flops: Callable[..., float]
+
+    def architecture(self, role: str) -> type[nn.Module]:
+        """The module class for head `role`; InputError if the family has no such head."""
+        if role not in self.heads:
+            raise InputError(f"model family {self.name!r} has no {role} head (it has {sorted(self.heads)})")
+        return self.heads[role]
+
+    @property
+    def architectures(self) -> dict[str, type[nn.Module]]:
+        """Module classes by transformers architecture name."""
+        return {cls.__name__: cls for cls in self.heads.values()}

@@ -1,0 +1,155 @@
+"""Building blocks every family uses: dense layers, LayerNorm, embeddings, activations,
+segment positions, row gathers, and the logical axis names parameters carry.
+
+Shape suffixes: B batch, L sequence length, D hidden size, K contracted size, F output
+features, M gathered positions. Which mesh axes the logical names map to is decided
+outside the models (`flaxft.sharding`).
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flaxft.models.family import ModelConfig
+
+Array = jax.Array
+
+LOGICAL_AXES = {
+    "vocab": "vocabulary rows of the word embeddings and the MLM output bias",
+    "embed": "hidden size D, the model's residual stream",
+    "position": "rows of the position embeddings",
+    "token_type": "rows of the token type embeddings",
+    "heads": "attention heads N",
+    "kv": "size H of each attention head",
+    "mlp": "intermediate size F of the feed-forward block",
+    "hidden": "output features of square D x D projections (pooler, MLM transform)",
+    "classes": "output classes of the NSP, classification and QA heads",
+    "layers": "stacked layers when scan_layers is on",
+}
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    # PyTorch's exact GELU, x/2 (1 + erf(x/sqrt 2)): on XLA:CPU erf is cheaper than the
+    # erfc that jax.nn.gelu(approximate=False) evaluates (README, Benchmarks).
+    "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476)),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+ACTIVATIONS = tuple(_ACTIVATIONS)
+
+REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The elementwise activation Hugging Face calls `name`."""
+    return _ACTIVATIONS[name]
+
+
+class Dense(nn.Module):
+    """`nn.DenseGeneral`'s parameters and math, computed as one 2-D matrix product.
+
+    The kernel has shape (*contracted input dims, *features) and keeps its logical axis
+    names; it is reshaped to [K, F] for the product (a free bitcast). XLA's CPU backend
+    canonicalises a dot over several contracted dims by transposing its operands in the
+    forward and backward pass; the 2-D form avoids those copies (README, Benchmarks).
+    """
+
+    config: ModelConfig
+    features: tuple[int, ...]
+    num_contracted: int
+    kernel_axes: tuple[str, ...]
+    bias_axes: tuple[str, ...] | None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x [..., *contracted] -> [..., *features] in the compute dtype."""
+        cfg = self.config
+        lead, contracted = x.shape[: x.ndim - self.num_contracted], x.shape[x.ndim - self.num_contracted :]
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), self.kernel_axes),
+            (*contracted, *self.features),
+            cfg.weights_dtype,
+        )
+        k, f = math.prod(contracted), math.prod(self.features)
+        y_XF = jnp.dot(x.reshape(-1, k).astype(cfg.compute_dtype), kernel.reshape(k, f).astype(cfg.compute_dtype))
+        if self.bias_axes is not None:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros_init(), self.bias_axes),
+                self.features,
+                cfg.weights_dtype,
+            )
+            y_XF = y_XF + bias.reshape(f).astype(cfg.compute_dtype)
+        return y_XF.reshape(*lead, *self.features)
+
+
+def dense(
+    config: ModelConfig,
+    features: int | Sequence[int],
+    kernel_axes: tuple[str, ...],
+    bias_axes: tuple[str, ...] | None,
+    name: str,
+    num_contracted: int = 1,
+) -> Dense:
+    """A dense layer with normal(initializer_range) init and logical axis names on kernel
+    and bias (no bias when `bias_axes` is None), contracting the last `num_contracted`
+    input axes."""
+    features = (features,) if isinstance(features, int) else tuple(features)
+    return Dense(config, features, num_contracted, kernel_axes, bias_axes, name=name)
+
+
+def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+    """LayerNorm over D (epsilon `config.layer_norm_eps`) with statistics computed in
+    float32, as PyTorch does."""
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.compute_dtype,
+        param_dtype=config.weights_dtype,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )
+
+
+def embed(config: ModelConfig, rows: int, axis: str, name: str) -> nn.Embed:
+    """An embedding table [rows, D] whose rows carry logical axis `axis`."""
+    return nn.Embed(
+        rows,
+        config.hidden_size,
+        dtype=config.compute_dtype,
+        param_dtype=config.weights_dtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(config.initializer_range), (axis, "embed")
+        ),
+        name=name,
+    )
+
+
+def segment_positions(segment_ids_BL: Array) -> Array:
+    """Position of each token inside its segment: restarts at 0 where the id changes. [B, L]."""
+    length = segment_ids_BL.shape[1]
+    index_BL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segment_ids_BL.shape)
+    is_start_BL = jnp.concatenate(
+        [jnp.ones_like(segment_ids_BL[:, :1], bool), segment_ids_BL[:, 1:] != segment_ids_BL[:, :-1]],
+        axis=1,
+    )
+    start_BL = jax.lax.cummax(jnp.where(is_start_BL, index_BL, 0), axis=1)
+    return index_BL - start_BL
+
+
+def gather_positions(x_BLD: Array, positions_BM: Array) -> Array:
+    """Rows of x at the given positions of each sequence. [B, M, D]."""
+    return jnp.take_along_axis(x_BLD, positions_BM[:, :, None], axis=1)

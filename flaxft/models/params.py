@@ -1,0 +1,87 @@
+"""Parameter trees of any family: fresh ones, their shapes, the two layer layouts, and
+refitting a checkpoint's parameters to another head.
+
+Layer layouts: unrolled (`layer_0` ... `layer_{n-1}` under the family's `layers_path`) or
+scanned (one `layers` subtree, every leaf with a leading layer axis). The numbers are
+the same; only the tree differs.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from flaxft.errors import InputError
+from flaxft.models.registry import family_of
+
+
+def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:
+    """Freshly initialised parameters (logically boxed) for `model`."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return model.init(rng, ids)["params"]
+
+
+def abstract_params(model: nn.Module, seq_len: int = 8, boxed: bool = False) -> dict:
+    """ShapeDtypeStructs of `model`'s parameters, with their logical axis names when
+    `boxed`; nothing is allocated."""
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), seq_len))
+    return shapes if boxed else nn.meta.unbox(shapes)
+
+
+def _subtree(params: dict, path: tuple[str, ...]) -> dict:
+    for key in path:
+        params = params[key]
+    return params
+
+
+def _replaced(params: dict, path: tuple[str, ...], value: dict) -> dict:
+    if not path:
+        return value
+    return {**params, path[0]: _replaced(params[path[0]], path[1:], value)}
+
+
+def restack(params: dict, model: nn.Module, scan_layers: bool) -> dict:
+    """`params` (plain arrays, of `model`'s family) in the requested layer layout,
+    converted if they are in the other one."""
+    path = family_of(model).layers_path
+    stack = _subtree(params, path)
+    if scan_layers == ("layers" in stack):
+        return params
+    if scan_layers:
+        layers = [stack[f"layer_{i}"] for i in range(len(stack))]
+        new_stack = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+    else:
+        stacked = stack["layers"]
+        n = jax.tree.leaves(stacked)[0].shape[0]
+        new_stack = {f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)}
+    return _replaced(params, path, new_stack)
+
+
+def fit_params(params: dict, model: nn.Module, seed: int = 0) -> dict:
+    """`params` (any head of `model`'s family, either layout) refitted to `model`.
+
+    Every encoder parameter `model` needs must be in `params` with the same shape, except
+    the family's optional encoder parts (BERT's pooler); those and head parameters
+    `params` lacks (a new head on a pretrained encoder) are initialised afresh from
+    `seed`; parameters `model` has no use for (another head) are dropped.
+    Raises InputError naming the first missing or misshapen parameter.
+    """
+    family = family_of(model)
+    params = restack(nn.meta.unbox(params), model, model.config.scan_layers)
+    source = traverse_util.flatten_dict(params)
+    target = traverse_util.flatten_dict(abstract_params(model))
+    missing = [path for path in target if path not in source]
+    required = [p for p in missing if p[0] == family.encoder_key and p[1] not in family.optional_encoder_params]
+    if required:
+        raise InputError(f"the checkpoint has no parameter {'/'.join(required[0])}")
+    fresh = traverse_util.flatten_dict(nn.meta.unbox(init_params(model, jax.random.key(seed)))) if missing else {}
+    out = {}
+    for path, want in target.items():
+        value = source.get(path, fresh.get(path))
+        if tuple(value.shape) != tuple(want.shape):
+            raise InputError(
+                f"parameter {'/'.join(path)} has shape {tuple(value.shape)} in the checkpoint but the "
+                f"model needs {tuple(want.shape)}"
+            )
+        out[path] = jnp.asarray(value, want.dtype)
+    return traverse_util.unflatten_dict(out)

@@ -1,0 +1,104 @@
+"""Pretraining setup: corpus, tokenizer, masked examples, the family's pretraining head,
+mesh and optimizer, built into a `flaxft.run.Run` for the loop.
+
+    python -m flaxft.main --config configs/pretrain_tiny.py --workdir runs/demo
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from tokenizers import Tokenizer
+
+from flaxft import checkpoint, data, optim, sharding
+from flaxft import config as config_lib
+from flaxft.data.tokenizer import copy_tokenizer_files, write_workdir_tokenizer
+from flaxft.errors import InputError
+from flaxft.files import TOKENIZER
+from flaxft.models import abstract_params, family
+from flaxft.run import HostBatch, Run
+from flaxft.tasks import Pretraining
+
+
+@dataclasses.dataclass
+class MeanOverBatches:
+    """Evaluation of a pretraining run: the task's metrics averaged over the first
+    `num_batches` batches of the held-out examples (`flaxft.run.Evaluation`)."""
+
+    loader: data.PretrainLoader
+    num_batches: int
+
+    def batch(self, index: int) -> HostBatch:
+        return self.loader.get_batch(index)
+
+    def score(self, outputs: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for metrics in outputs:
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return {f"eval_{k}": v / len(outputs) for k, v in totals.items()}
+
+
+def tokenizer_of(config: ml_collections.ConfigDict, workdir: Path, documents: list[str]):
+    """The run's tokenizer and how to write it into the workdir: the configured folder
+    (copied), the one a previous run of this workdir trained (nothing to write), or a
+    WordPiece tokenizer trained on the corpus now (saved)."""
+    if config.data.tokenizer:
+        tokenizer = data.load_tokenizer(config.data.tokenizer)
+        folder = Path(config.data.tokenizer).expanduser()  # a folder, or a file in one
+        return tokenizer, functools.partial(copy_tokenizer_files, folder if folder.is_dir() else folder.parent)
+    if (workdir / TOKENIZER).is_dir():
+        return data.load_tokenizer(str(workdir / TOKENIZER)), None
+    tokenizer = data.train_wordpiece(documents, config.model.vocab_size)
+    return tokenizer, functools.partial(data.save_tokenizer, tokenizer)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
+    """Reads and checks every input of a pretraining run (corpus, tokenizer, model, mesh)
+    and builds it. Raises InputError on bad input. Writes nothing to the workdir but the
+    examples cache (WORKDIR/cache unless data.cache_dir), once every check has passed."""
+    workdir = Path(workdir)
+    documents = data.read_documents(config.data.path, config.data.text_column)
+    tokenizer, write_tokenizer = tokenizer_of(config, workdir, documents)
+    vocab = tokenizer.get_vocab_size()
+    if vocab != config.model.vocab_size:
+        source = config.data.tokenizer or "the tokenizer trained on the corpus"
+        raise InputError(f"{source} has {vocab} tokens but config.model.vocab_size is {config.model.vocab_size}")
+    task = Pretraining(next_sentence=config.data.format == "bert")
+    model = family(config.model.family).architecture(task.head)(config_lib.model_config(config))
+    mesh, rules = sharding.mesh_for(config.mesh, abstract_params(model, boxed=True), config.global_batch_size,
+                                    config.grad_accum_steps)
+    train_loader, eval_loader = loaders(config, workdir, documents, tokenizer)
+    return Run(
+        config=config, workdir=workdir, task=task, model=model, tx=optim.make_optimizer(config), mesh=mesh,
+        rules=rules, train_loader=train_loader, evaluation=MeanOverBatches(eval_loader, config.eval_batches),
+        init_params=(functools.partial(checkpoint.load_init_params, config.init_from, model, config.seed)
+                     if config.init_from else None),
+        write_files=(functools.partial(write_workdir_tokenizer, write=write_tokenizer)
+                     if write_tokenizer is not None else None),
+    )
+
+
+def loaders(config: ml_collections.ConfigDict, workdir: Path, documents: list[str],
+            tokenizer: Tokenizer) -> tuple[data.PretrainLoader, data.PretrainLoader]:
+    """The training loader and the (unshuffled) evaluation loader of the held-out
+    documents, over examples built from `documents` (cached)."""
+    cache_dir = config.data.cache_dir or str(workdir / "cache")
+    build = functools.partial(
+        data.build_examples, documents, tokenizer, config.seq_len, config.data.format, config.seed, cache_dir,
+        eval_fraction=config.data.eval_fraction, short_seq_prob=config.data.short_seq_prob,
+    )
+    options = dict(
+        vocab_size=tokenizer.get_vocab_size(), special_ids=data.special_token_ids(tokenizer),
+        mask_rate=config.data.mask_rate, max_predictions=config.data.max_predictions_per_seq,
+        whole_word=config.data.whole_word_masking, process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    train = data.PretrainLoader(build(split="train"), config.global_batch_size, config.seed, **options)
+    evaluation = data.PretrainLoader(build(split="eval"), config.global_batch_size, config.seed + 1, shuffle=False,
+                                     prefetch=0, **options)
+    return train, evaluation
