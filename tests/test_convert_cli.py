@@ -41,6 +41,7 @@ def test_import_export_verify_round_trip(tmp_path, minilm_dir):
     assert "last_hidden_state" in result.stdout and "OK" in result.stdout
 
 
+@pytest.mark.slow
 def test_verify_fails_above_tolerance(tmp_path):
     save_random_hf_model(tmp_path, "BertForPreTraining", CONFIGS["gelu_h36"])
     result = convert("verify", tmp_path, "--tolerance", "0")
@@ -110,6 +111,7 @@ def test_missing_checkpoint_for_export(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_exported_head_predicts_like_flaxft(tmp_path, hf_folder):
     """import-hf then export-hf of a masked LM: transformers on the export gives the original's logits."""
     assert convert("import-hf", hf_folder, tmp_path / "ckpt").returncode == 0

@@ -142,6 +142,7 @@ def pair_and_regression_files(task_files: Path, folder: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_pairs_packed_and_unpacked_evaluation_agree_and_export_predicts_the_same(tmp_path, task_files, minilm_dir):
     files = pair_and_regression_files(task_files, tmp_path)["pairs"]
     options = {"task.text_fields": "sentence1,sentence2"}
@@ -184,6 +185,7 @@ def assert_same_choices(scores: np.ndarray, chosen: list, margin: float = 1e-4) 
     assert differ.mean() < 0.05
 
 
+@pytest.mark.slow
 def test_regression_end_to_end_and_export(tmp_path, task_files, minilm_dir):
     files = pair_and_regression_files(task_files, tmp_path)["regression"]
     last = tiny_run(tmp_path / "work", minilm_dir, "classification", files, 12, **{"task.label_field": "score"})
@@ -206,6 +208,7 @@ def test_regression_end_to_end_and_export(tmp_path, task_files, minilm_dir):
     assert last["eval_mse"] == pytest.approx(np.mean((predicted - [r["score"] for r in records]) ** 2), rel=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "ner"])
 def test_packed_training_takes_fewer_fuller_steps(tmp_path, task_files, minilm_dir, task):
     """task.pack=all: training rows hold several examples each, so an epoch is fewer steps."""
@@ -228,6 +231,7 @@ def subset(task_files: Path, task: str, folder: Path, train_rows: int, validatio
     return files
 
 
+@pytest.mark.slow
 def test_ner_end_to_end_packed_evaluation_and_export(tmp_path, task_files, minilm_dir):
     files = subset(task_files, "ner", tmp_path, 320, 64)
     # Barely trained: the wide random head still tags words differently (a trained tiny
@@ -281,6 +285,7 @@ def squad_spans(model, tokenizer, records: list[dict], seq_len: int, stride: int
     return [sorted(c, reverse=True) for c in candidates]
 
 
+@pytest.mark.slow
 def test_qa_end_to_end_long_contexts_and_export(tmp_path, task_files, minilm_dir):
     files = subset(task_files, "qa", tmp_path, 200, 40)
     records = read_jsonl(files["validation_file"])
@@ -313,6 +318,7 @@ def test_fine_tuning_bad_input(tmp_path, task_files, minilm_dir):
     assert not (tmp_path / "w1").exists() and not (tmp_path / "w2").exists()
 
 
+@pytest.mark.slow
 def test_bad_fine_tuning_data_exits_2_naming_file_and_label(tmp_path, task_files, minilm_dir):
     train_file, _ = small_classification(task_files, tmp_path, rows=40)
     validation_file = tmp_path / "dev.csv"

@@ -111,6 +111,7 @@ def test_old_key_spellings_and_pytorch_bin(tmp_path):
     np.testing.assert_allclose(model.apply({"params": params}, **batch).logits, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_new_head_on_a_bare_encoder_is_initialised(tmp_path, minilm_dir):
     model, params = hf.from_pretrained(minilm_dir, architecture="BertForSequenceClassification", num_labels=4)
     assert params["classifier"]["kernel"].shape == (384, 4)

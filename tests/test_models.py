@@ -154,6 +154,7 @@ def test_every_parameter_has_logical_axis_names():
                 assert ("layers" in leaf.names) == (scan_layers and leaf.value.ndim > 0 and leaf.names[0] == "layers")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat_policy", ["full", "dots", "dots_no_batch"])
 def test_remat_and_scan_keep_gradients(remat_policy):
     """Rematerialised and scanned layers give the unrolled layers' loss gradients."""

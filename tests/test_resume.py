@@ -76,16 +76,19 @@ def reference(corpus, tmp_path_factory) -> list[float]:
 
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, corpus, reference):
-    kill_after = random.Random().randrange(RUN["checkpoint_every_steps"] + 1, RUN["num_train_steps"] - 1)
+    seed = int(os.environ.get("FLAXFT_KILL_SEED", random.randrange(2**32)))
+    kill_after = random.Random(seed).randrange(RUN["checkpoint_every_steps"] + 1, RUN["num_train_steps"] - 1)
+    print(f"killing after step {kill_after} (FLAXFT_KILL_SEED={seed} repeats this)")
     process = start_main(corpus, tmp_path)
     wait_for(lambda: logged_step(tmp_path) >= kill_after and steps_on_disk(tmp_path), process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert logged_step(tmp_path) < RUN["num_train_steps"], kill_after
+    where = f"killed after step {kill_after} (FLAXFT_KILL_SEED={seed})"
+    assert logged_step(tmp_path) < RUN["num_train_steps"], where
     result = run_main(corpus, tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "resumed from step" in result.stdout
-    assert losses(tmp_path) == reference, f"killed after step {kill_after}"
+    assert result.returncode == 0, where + "\n" + result.stdout + result.stderr
+    assert "resumed from step" in result.stdout, where
+    assert losses(tmp_path) == reference, where
 
 
 @pytest.mark.slow
@@ -152,6 +155,7 @@ def test_truncated_newest_checkpoint_with_and_without_fallback(tmp_path, corpus,
     assert losses(tmp_path) == reference
 
 
+@pytest.mark.slow
 def test_other_model_config_is_refused(tmp_path, corpus):
     assert run_main(corpus, tmp_path, num_train_steps=4).returncode == 0
     result = run_main(corpus, tmp_path, **{"model.intermediate_size": 48})
@@ -160,6 +164,7 @@ def test_other_model_config_is_refused(tmp_path, corpus):
     assert json.loads((tmp_path / "config.json").read_text())["model"]["intermediate_size"] == 64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["abort", "skip"])
 def test_nan_in_a_batch(tmp_path, corpus, monkeypatch, mode):
     real_get_batch = data.PretrainLoader.get_batch
@@ -186,6 +191,7 @@ def test_nan_in_a_batch(tmp_path, corpus, monkeypatch, mode):
     jax.tree.map(np.testing.assert_array_equal, five, six)  # the poisoned update was dropped
 
 
+@pytest.mark.slow
 def test_restore_onto_another_mesh(tmp_path, corpus):
     config = tiny_config(corpus, **{**RUN, "num_train_steps": 4, "mesh.data": 1, "mesh.fsdp": 8})
     train.run(config, str(tmp_path))
@@ -206,6 +212,7 @@ def test_restore_onto_another_mesh(tmp_path, corpus):
     assert type(saved_model).__name__ == "BertForPreTraining"
 
 
+@pytest.mark.slow
 def test_init_from_each_source(tmp_path, corpus, minilm_dir):
     # A flaxft workdir: parameters come over, the new run starts at step 0.
     source = tmp_path / "source"

@@ -21,13 +21,20 @@ def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-def test_training_writes_every_file_and_learns(tmp_path, corpus):
-    last = train.run(tiny_config(corpus), str(tmp_path))
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory) -> tuple[Path, dict]:
+    """One 30-step tiny pretraining run, shared: (workdir, the metrics train.run returned)."""
+    workdir = tmp_path_factory.mktemp("trained")
+    return workdir, train.run(tiny_config(corpus), str(workdir))
+
+
+def test_training_writes_every_file_and_learns(trained):
+    workdir, last = trained
     for name in ("config.json", "metrics.jsonl", "loss.png", "tokenizer/tokenizer.json"):
-        assert (tmp_path / name).is_file(), name
-    assert any((tmp_path / "tensorboard").iterdir())
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["15", "30"]
-    records = report.read_metrics(tmp_path)
+        assert (workdir / name).is_file(), name
+    assert any((workdir / "tensorboard").iterdir())
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["15", "30"]
+    records = report.read_metrics(workdir)
     train_records = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_records] == [1, 5, 10, 15, 20, 25, 30]
     for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "learning_rate", "grad_norm", "tokens_per_sec"):
@@ -36,20 +43,25 @@ def test_training_writes_every_file_and_learns(tmp_path, corpus):
     assert {"eval_mlm_accuracy", "eval_nsp_accuracy"} <= set(last)
     first, final = train_records[0]["loss"], train_records[-1]["loss"]
     assert final < first - 0.5, (first, final)
-    saved = json.loads((tmp_path / "config.json").read_text())
+    saved = json.loads((workdir / "config.json").read_text())
     assert saved["num_train_steps"] == 30 and saved["model"]["hidden_size"] == 32
 
 
-def test_same_config_same_losses_and_finished_workdir(tmp_path, corpus, capsys):
-    config = tiny_config(corpus, num_train_steps=10, eval_every_steps=10, checkpoint_every_steps=10)
-    train.run(config, str(tmp_path / "a"))
-    train.run(config, str(tmp_path / "b"))
-    assert losses(tmp_path / "a") == losses(tmp_path / "b")
-    assert train.run(config, str(tmp_path / "a")) == {}
-    assert "already trained to step 10" in capsys.readouterr().out
-    assert len(losses(tmp_path / "a")) == 3  # steps 1, 5, 10; the finished run wrote nothing more
+def test_a_finished_workdir_has_nothing_to_do(trained, corpus, capsys):
+    workdir, _ = trained
+    before = (workdir / "metrics.jsonl").read_text()
+    assert train.run(tiny_config(corpus), str(workdir)) == {}
+    assert "already trained to step 30" in capsys.readouterr().out
+    assert (workdir / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
+def test_the_same_config_gives_the_same_losses(trained, corpus, tmp_path):
+    train.run(tiny_config(corpus), str(tmp_path))
+    assert losses(tmp_path) == losses(trained[0])
+
+
+@pytest.mark.slow
 def test_gradient_accumulation_gives_the_same_steps(tmp_path, corpus):
     common = dict(num_train_steps=6, log_every_steps=1, global_batch_size=32, eval_every_steps=6, checkpoint_every_steps=6,
                   **{"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0})
@@ -60,6 +72,7 @@ def test_gradient_accumulation_gives_the_same_steps(tmp_path, corpus):
     assert max(abs(a - b) / a for a, b in zip(one, four)) < 1e-5, (one, four)
 
 
+@pytest.mark.slow
 def test_roberta_format_trains_masked_lm_only(tmp_path, corpus):
     last = train.run(tiny_config(corpus, num_train_steps=10, eval_every_steps=10, **{"data.format": "roberta"}),
                      str(tmp_path))
@@ -113,6 +126,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, needle):
     assert not work.exists()
 
 
+@pytest.mark.slow
 def test_empty_corpus_exits_2(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n  \n")
     result = run_main("--config", REPO / "configs/pretrain_tiny.py", "--workdir", tmp_path / "work",
