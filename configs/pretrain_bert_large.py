@@ -19,8 +19,7 @@ def get_config():
         num_attention_heads=16,
         intermediate_size=4096,
     )
-    # Layers unrolled: on the 2-core CPU bench (batch 8 x 128) the scanned stack was 1.22x
-    # slower (54 vs 66 tokens/s) and used more memory (10.2 vs 8.9 GB), and only the
-    # unrolled last layer can skip unmasked rows. --config.model.scan_layers=true compiles
-    # one layer body instead (4x faster compile) where compile time matters more.
+    # Layers unrolled: on CPU the scanned stack was slower and larger (README, Benchmarks),
+    # and only the unrolled last layer can skip unmasked rows. --config.model.scan_layers=true
+    # compiles one layer body instead where compile time matters more.
     return config

@@ -1,12 +1,11 @@
 """Back large host allocations with transparent huge pages.
 
-XLA:CPU allocates a step's temporaries as one buffer with malloc (1.1 GB for bert_base at
-batch 8 x 128) and frees it when the step ends. glibc serves a block that large with a
-fresh mmap and unmaps it on free, so every step the kernel faults in and zeroes every
-4 KB page again: ~290K page faults and ~0.7 s of system CPU per bert_base step on a
-2-core machine. With glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for
-transparent huge pages (2 MB) instead: ~1.5K faults per step, 0.15 s of system CPU, fewer
-TLB misses, and the same peak memory (bert_base step 1.03-1.15x in alternating runs).
+XLA:CPU allocates a step's temporaries as one large buffer with malloc and frees it when
+the step ends. glibc serves a block that large with a fresh mmap and unmaps it on free, so
+every step the kernel faults in and zeroes every 4 KB page again, in system CPU time.
+With glibc's `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages
+(2 MB) instead: hundreds of times fewer faults, fewer TLB misses, the same peak memory
+(the measurements are in the README's benchmark section).
 
 Tunables are read when a process starts, so the command line entry points re-execute
 themselves once with the tunable set (`exec_with_huge_pages`).

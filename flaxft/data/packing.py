@@ -5,8 +5,8 @@ An example is the first `length` positions of its unpacked row ([CLS] ... [SEP])
 arrays of a packed split are made from it with `pack_inputs` (the model inputs),
 `pack_tokens` (other per-token fields) and `slots` (one value per example, e.g. a
 label), and outputs of the model on packed rows are moved back with `unpack_tokens`.
-The model restarts positions and blocks attention at segment boundaries
-(`flaxft.models.bert`), so an example encodes as it would alone.
+Models restart positions and block attention at segment boundaries (`segment_ids`, a
+contract of every family), so an example encodes as it would alone.
 """
 
 import dataclasses

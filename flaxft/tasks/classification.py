@@ -81,7 +81,7 @@ def build(
     pack: str = "eval",
     max_segments: int = packing.DEFAULT_MAX_SEGMENTS,
 ) -> TaskData:
-    """Reads both splits (`flaxft.tasks.records.load_splits`), infers the labels from the
+    """Reads both splits (`flaxft.data.records.load_splits`), infers the labels from the
     training split and prepares the features of both.
 
     text_fields: one or two columns ("sentence1,sentence2"); default: the GLUE task's
