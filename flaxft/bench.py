@@ -289,10 +289,10 @@ def device_mem_gb() -> float | None:
 # ----------------------------------------------------------------------------- data
 
 
-def bench_data(run, batches: int, setup_s: float) -> dict:
+def bench_data(run, batches: int) -> dict:
     """Times `batches` batches of the run's training loader (built with its examples by
-    the setup, which took `setup_s`; batches made on this thread, no prefetching).
-    Tokens are row positions, padding included, as the train step counts them."""
+    the setup; batches made on this thread, no prefetching). Tokens are row positions,
+    padding included, as the train step counts them."""
     config, loader = run.config, run.train_loader
     loader.get_batch(0)  # the epoch order
     started = time.perf_counter()
@@ -303,8 +303,7 @@ def bench_data(run, batches: int, setup_s: float) -> dict:
         "data_tokens_per_sec": batches * config.global_batch_size * config.seq_len / seconds,
         "data_batch_ms": seconds / batches * 1e3,
         "data_batches": batches,
-        "data_setup_s": setup_s,
-        "data_rows": loader.num_examples,
+        "data_rows": loader.num_examples,  # of the training split
         "data_format": config.data.format,
         "data_whole_word": config.data.whole_word_masking,
         "global_batch_size": config.global_batch_size,
@@ -346,10 +345,10 @@ def measure(config, what: str, steps: int, warmup: int, data_batches: int, matmu
     with tempfile.TemporaryDirectory(prefix="flaxft-bench-") as workdir:
         started = time.perf_counter()
         run = prepared_run(config, Path(workdir))
-        setup_s = time.perf_counter() - started
+        result["setup_s"] = time.perf_counter() - started
         try:
             if what in ("data", "all"):
-                result.update(bench_data(run, data_batches, setup_s))
+                result.update(bench_data(run, data_batches))
             if what in ("train", "all"):
                 result.update(bench_train(run, steps, warmup, matmul_size))
         finally:

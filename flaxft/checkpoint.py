@@ -12,6 +12,7 @@ building the model on one device first.
 """
 
 import contextlib
+import functools
 import gc
 import os
 import sys
@@ -24,8 +25,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from flaxft import hf
-from flaxft.errors import InputError
 from flaxft.data.tokenizer import copy_tokenizer_files
+from flaxft.errors import InputError
 from flaxft.files import CHECKPOINTS, MODEL_RECORD, TOKENIZER, PathKind, kind_of, new_output_dir
 from flaxft.models import abstract_params, family_of, fit_params
 
@@ -160,14 +161,21 @@ def _stderr_dropped_on_error(settle_s: float = 0.2):
         held.close()
 
 
+class SaveFailed(Exception):
+    """A checkpoint could not be written (disk full, permission or quota lost, ...)."""
+
+
 class TrainCheckpointer:
     """Checkpoints of a training run in WORKDIR/checkpoints: params, optimizer state,
     step and skipped-step count, the data loader's position, the model record and the
     resolved config.
 
     Saves are asynchronous: `save` returns once the arrays are copied off the devices and
-    the write goes on in the background. Orbax commits each step atomically (a step
-    killed mid-write stays a temporary folder, ignored and removed on the next start).
+    the write goes on in the background; `check` (after every step) raises SaveFailed as
+    soon as a finished write turns out to have failed, and `wait` waits for the write and
+    checks it. Orbax commits each step atomically (a step that failed or was killed
+    mid-write stays a temporary folder, ignored and removed on the next start), so the
+    newest complete step is always a good one.
     Retention: the newest `keep` steps, plus every multiple of `keep_every_steps` for good.
     """
 
@@ -181,21 +189,58 @@ class TrainCheckpointer:
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.root, options=options)
+        self._unchecked: int | None = None  # the step whose write is not yet known to have worked
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state, model: nn.Module, data_state: dict, config_json: dict) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state.params),
-                train_state=ocp.args.StandardSave(_train_state_item(state)),
-                **{MODEL_RECORD: ocp.args.JsonSave(model_record(model))},
-                data=ocp.args.JsonSave(data_state),
-                config=ocp.args.JsonSave(config_json),
-            ),
-        )
+        """Starts writing `step`; raises SaveFailed if the previous write failed or this
+        one cannot start."""
+        if self._unchecked is not None:  # Orbax waits for it before starting another anyway
+            self.wait()
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(state.params),
+                    train_state=ocp.args.StandardSave(_train_state_item(state)),
+                    **{MODEL_RECORD: ocp.args.JsonSave(model_record(model))},
+                    data=ocp.args.JsonSave(data_state),
+                    config=ocp.args.JsonSave(config_json),
+                ),
+            )
+        except Exception as e:  # the synchronous part: creating folders, copying arrays off
+            raise self._failed(step, e) from e
+        self._unchecked = step
+
+    def check(self) -> None:
+        """Raises SaveFailed as soon as the write in progress (or the last one) has failed;
+        cheap enough to call after every step."""
+        if self._unchecked is None:
+            return
+        step = self._unchecked
+        try:
+            self.manager.check_for_errors()
+            if self.manager.is_saving_in_progress():
+                return
+            self._unchecked = None  # finished: committed, or failed
+            if jax.process_index() == 0 and not (self.root / str(step)).is_dir():
+                self.manager.wait_until_finished()  # for the error the writing threads hold
+                self.manager.check_for_errors()
+                raise self._failed(step, None)
+        except SaveFailed:
+            raise
+        except Exception as e:
+            self._unchecked = None
+            raise self._failed(step, e) from e
+
+    def _failed(self, step: int, error: BaseException | None) -> SaveFailed:
+        committed = [s for s in self.manager.all_steps() if s != step and (self.root / str(s)).is_dir()]
+        newest = f"the newest complete checkpoint is {self.root / str(max(committed))}" if committed else (
+            "no checkpoint was written before it")
+        cause = _first_line(error) if error is not None else "it was not committed"
+        return SaveFailed(f"saving the checkpoint of step {step} failed ({cause}); {newest}")
 
     def restore_latest(self, target, model: nn.Module, fallback: bool):
         """(state, data_state, step) from the newest readable step, placed as `target`'s
@@ -245,8 +290,18 @@ class TrainCheckpointer:
         except Exception as e:
             raise InputError(f"{path}: checkpoint has no readable model record ({type(e).__name__})") from None
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def wait(self, check: bool = True) -> None:
+        """Waits for the write in progress, then `check`s it; with check=False (a failure
+        is already being handled) errors of the write are left to the log."""
+        if check:
+            try:
+                self.manager.wait_until_finished()
+            except Exception:  # the write failed: check() says how
+                pass
+            self.check()
+            return
+        with contextlib.suppress(Exception):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
@@ -271,6 +326,25 @@ def _check_same_model(saved: dict, model: nn.Module, path: Path) -> None:
 
 def _train_state_item(state) -> dict:
     return {"step": state.step, "opt_state": state.opt_state, "skipped": state.skipped}
+
+
+def has_steps(workdir: str | os.PathLike) -> bool:
+    """Whether `workdir` holds a checkpoint step folder (complete or not) to resume from."""
+    folder = Path(workdir) / CHECKPOINTS
+    return kind_of(workdir) is PathKind.WORKDIR and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def init_params_for(run_workdir: str | os.PathLike, init_from: str, model: nn.Module, seed: int):
+    """What `flaxft.contracts.Run.init_params` should be for `init_from`: None without
+    it; the parameters, read now (so a bad source fails before anything is written), when
+    the workdir has nothing to resume; else a function reading them only if every step
+    there turns out unreadable."""
+    if not init_from:
+        return None
+    if has_steps(run_workdir):
+        return functools.partial(load_init_params, init_from, model, seed)
+    params = load_init_params(init_from, model, seed)
+    return lambda: params
 
 
 def load_init_params(path: str | os.PathLike, model: nn.Module, seed: int) -> dict:

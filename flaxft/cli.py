@@ -11,7 +11,6 @@ from ml_collections import config_flags
 
 from flaxft.errors import fail
 
-
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

@@ -6,15 +6,13 @@ impossible combinations are InputErrors naming the field.
 """
 
 import dataclasses
-import json
 
 import ml_collections
 
 from flaxft import sharding
 from flaxft.errors import InputError
-from flaxft.models import ModelConfig, family
+from flaxft.models import ModelConfig, family_named
 from flaxft.models.family import field_type
-from flaxft.tasks import FINETUNE_TASKS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -91,7 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
 def model_defaults(family_name: str) -> ml_collections.ConfigDict:
     """The config.model group for a family: `family` and every field of its config class
     but id2label, at the class's defaults (BERT-Base's for "bert")."""
-    config_class = family(family_name).config_class
+    config_class = family_named(family_name).config_class
     group = ml_collections.ConfigDict({"family": family_name})
     for f in dataclasses.fields(config_class):
         if f.name == "id2label":
@@ -108,7 +106,7 @@ _CHOICES = {
     "lr_schedule": ("linear", "cosine"),
     "data.format": ("bert", "roberta"),
     "on_nonfinite": ("abort", "skip"),
-    "task.name": ("pretraining", *FINETUNE_TASKS),
+    "task.name": ("pretraining", "classification", "ner", "qa"),  # flaxft.tasks.FINETUNE_TASKS
     "task.pack": ("none", "eval", "all"),
 }
 _POSITIVE = (
@@ -128,7 +126,7 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
 def model_config(config: ml_collections.ConfigDict, **changes) -> ModelConfig:
     """The model config the run's `model.*` keys describe (of `model.family`'s class)."""
     fields = {k: v for k, v in config.model.to_dict().items() if k != "family"}
-    return family(config.model.family).config_class.from_dict({**fields, **changes})
+    return family_named(config.model.family).config_class.from_dict({**fields, **changes})
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -186,8 +184,3 @@ def _same_type(value, default) -> bool:
     if isinstance(default, float):
         return isinstance(value, (int, float))
     return isinstance(value, type(default))
-
-
-def to_json(config: ml_collections.ConfigDict) -> str:
-    """The resolved config as indented JSON (what config.json in the workdir holds)."""
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"

@@ -21,17 +21,7 @@ import numpy as np  # noqa: E402
 
 from flaxft import checkpoint, hf  # noqa: E402
 from flaxft.errors import InputError, exit_on_input_error  # noqa: E402
-
-# flaxft output field -> Hugging Face output field, per architecture.
-HF_OUTPUTS = {
-    "last_hidden_state": "last_hidden_state",
-    "pooler_output": "pooler_output",
-    "mlm_logits": "prediction_logits",
-    "nsp_logits": "seq_relationship_logits",
-    "logits": "logits",
-    "start_logits": "start_logits",
-    "end_logits": "end_logits",
-}
+from flaxft.models import family_of  # noqa: E402
 
 
 def import_hf(hf_dir: str, ckpt_dir: str) -> None:
@@ -46,16 +36,18 @@ def export_hf(ckpt: str, hf_dir: str) -> None:
     print(f"wrote {type(model).__name__} to {hf_dir}")
 
 
-def sample_batch(vocab_size: int, type_vocab_size: int, batch: int = 4, length: int = 32, seed: int = 0) -> dict:
-    """Random ids with ragged padding and two token types: input_ids, attention_mask,
-    token_type_ids, each [batch, length] int64."""
+def sample_batch(config: dict, batch: int = 4, length: int = 32, seed: int = 0) -> dict:
+    """Random ids with ragged padding for a model of Hugging Face `config`: input_ids,
+    attention_mask, and two token types where the model has them; each [batch, length] int64."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab_size, (batch, length))
+    ids = rng.integers(0, config["vocab_size"], (batch, length))
     lengths = np.linspace(length, max(2, length // 4), batch).astype(int)
     mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
-    types = ((np.arange(length)[None] >= lengths[:, None] // 2) & (mask > 0)).astype(np.int64)
-    types = np.minimum(types, type_vocab_size - 1)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    out = {"input_ids": ids, "attention_mask": mask}
+    if config.get("type_vocab_size"):
+        types = ((np.arange(length)[None] >= lengths[:, None] // 2) & (mask > 0)).astype(np.int64)
+        out["token_type_ids"] = np.minimum(types, config["type_vocab_size"] - 1)
+    return out
 
 
 def compare_with_transformers(hf_dir: str, batch: dict) -> dict[str, float]:
@@ -65,25 +57,25 @@ def compare_with_transformers(hf_dir: str, batch: dict) -> dict[str, float]:
         import transformers
     except ImportError:
         raise InputError("verify needs torch and transformers (pip install torch transformers)") from None
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     model, params = hf.from_pretrained(hf_dir)
-    torch_model = getattr(transformers, type(model).__name__).from_pretrained(hf_dir).eval()
+    architecture = type(model).__name__
+    torch_model = getattr(transformers, architecture).from_pretrained(hf_dir).eval()
     with torch.no_grad():
         ref = torch_model(**{k: torch.tensor(v) for k, v in batch.items()})
     ours = model.apply({"params": params}, **batch)
-    diffs = {}
-    for ours_name, hf_name in HF_OUTPUTS.items():
-        if type(model).__name__ == "BertForMaskedLM" and ours_name == "mlm_logits":
-            hf_name = "logits"
-        mine, theirs = getattr(ours, ours_name), ref.get(hf_name)
-        if mine is not None and theirs is not None:
-            diffs[ours_name] = float(np.abs(np.asarray(mine) - theirs.float().numpy()).max())
-    return diffs
+    return {
+        name: float(np.abs(np.asarray(getattr(ours, name)) - ref[hf_name].float().numpy()).max())
+        for name, hf_name in family_of(architecture).hf.output_names(architecture).items()
+    }
 
 
 def verify(hf_dir: str, tolerance: float) -> int:
     config = hf.read_hf_config(hf_dir)
-    batch = sample_batch(config.get("vocab_size", 30522), config.get("type_vocab_size", 2))
-    diffs = compare_with_transformers(hf_dir, batch)
+    if not isinstance(config.get("vocab_size"), int):
+        raise InputError(f"{hf_dir}/config.json: no vocab_size")
+    diffs = compare_with_transformers(hf_dir, sample_batch(config))
     for name, diff in diffs.items():
         print(f"{name:20s} max abs diff {diff:.3e}")
     worst = max(diffs.values())

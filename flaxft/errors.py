@@ -1,6 +1,8 @@
-"""The one exception type for bad user input (config, paths, data, checkpoints).
+"""The one exception type for bad user input (config, paths, data, checkpoints), and the
+one-line exit of the command-line entry points.
 
-Command-line entry points catch it, print its one-line message and exit with code 2.
+They catch InputError, print its message on one line and exit with code 2; failures at
+run time (a non-finite loss, a save that failed) exit 1 the same way.
 """
 
 import os
@@ -9,6 +11,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
 
 
 class InputError(Exception):
@@ -23,8 +26,8 @@ def exit_on_input_error(fn: Callable[[], object]) -> object:
         fail(str(e))
 
 
-def fail(message: str) -> NoReturn:
-    """Prints a one-line error and exits with the bad-input code at once. Background
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Prints a one-line error and exits with `code` (bad input) at once. Background
     threads left by a failed read must not add their own noise (TensorStore's native
     threads print "Event loop is closed" tracebacks once Orbax has closed its loop), so
     stderr is pointed at /dev/null and the line goes out through a copy of it."""
@@ -33,4 +36,4 @@ def fail(message: str) -> NoReturn:
     stderr = os.dup(2)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     os.write(stderr, f"error: {' '.join(message.split())}\n".encode())
-    os._exit(EXIT_BAD_INPUT)
+    os._exit(code)

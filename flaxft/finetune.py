@@ -1,5 +1,5 @@
 """Fine-tuning setup: a task's data, a model from `init_from` (any family) with the task's
-head, and evaluation over the whole validation split, built into a `flaxft.run.Run`.
+head, and evaluation over the whole validation split, built into a `flaxft.contracts.Run`.
 
     python -m flaxft.main --config configs/finetune_classification.py --workdir DIR \
         --config.init_from=HF_FOLDER_OR_FLAXFT_CHECKPOINT
@@ -18,12 +18,12 @@ import numpy as np
 
 from flaxft import checkpoint, hf, optim, sharding
 from flaxft import config as config_lib
+from flaxft.contracts import HostBatch, Run
 from flaxft.data import Features, FinetuneLoader, concat_outputs, load_tokenizer
 from flaxft.data.tokenizer import copy_tokenizer_files, write_workdir_tokenizer
 from flaxft.errors import InputError
 from flaxft.files import PathKind, kind_of, write_text_atomically
-from flaxft.models import Family, ModelConfig, abstract_params, family, family_of
-from flaxft.run import HostBatch, Run
+from flaxft.models import Family, ModelConfig, abstract_params, family_named, family_of
 from flaxft.tasks import FINETUNE_TASKS, FinetuneTask, from_config
 
 EVAL_RESULTS = "eval_results.json"
@@ -34,7 +34,7 @@ PREDICTIONS = "predictions.jsonl"
 class WholeSplit:
     """Evaluation of a fine-tuning run: every validation row, scored by the task's own
     metrics; process 0 writes eval_results.json and predictions.jsonl into the workdir
-    (`flaxft.run.Evaluation`)."""
+    (`flaxft.contracts.Evaluation`)."""
 
     task: FinetuneTask
     features: Features
@@ -65,8 +65,9 @@ def source_model(path: str) -> tuple[Family, ModelConfig]:
     return family_of(model), model.config
 
 
-def tokenizer_folder(config: ml_collections.ConfigDict) -> Path:
-    """data.tokenizer when set, else the tokenizer that came with init_from."""
+def tokenizer_source(config: ml_collections.ConfigDict) -> Path:
+    """data.tokenizer (a tokenizer folder or file) when set, else the tokenizer folder
+    that came with init_from."""
     if config.data.tokenizer:
         return Path(config.data.tokenizer)
     if not config.init_from:
@@ -79,15 +80,16 @@ def tokenizer_folder(config: ml_collections.ConfigDict) -> Path:
     return found
 
 
-def model_config(config: ml_collections.ConfigDict, num_labels: int, id2label: tuple) -> tuple[Family, ModelConfig]:
+def fitted_model_config(config: ml_collections.ConfigDict, num_labels: int, id2label: tuple) -> tuple[Family, ModelConfig]:
     """init_from's family and model config (else config.model's) with the task's head size
-    and config.model's training options and dropout."""
+    and config.model's training options and dropout rates (those of the family's
+    DROPOUT_FIELDS that config.model has: a checkpoint of another family than
+    config.model.family keeps its own rates for the others)."""
     if config.init_from:
         model_family, base = source_model(config.init_from)
     else:
-        model_family, base = family(config.model.family), config_lib.model_config(config)
-    keep = [*base.TRAINING_OPTIONS, "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"]
-    changes = {k: config.model[k] for k in keep if k in config.model and hasattr(base, k)}
+        model_family, base = family_named(config.model.family), config_lib.model_config(config)
+    changes = {k: config.model[k] for k in (*base.TRAINING_OPTIONS, *base.DROPOUT_FIELDS) if k in config.model}
     return model_family, base.replace(num_labels=max(num_labels, 1), id2label=tuple(id2label), **changes)
 
 
@@ -99,14 +101,14 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     that is set (epochs x training rows / global_batch_size, rounded up)."""
     workdir = Path(workdir)
     task = from_config(FINETUNE_TASKS[config.task.name], config.task)
-    tokenizer_dir = tokenizer_folder(config)
+    tokenizer_dir = tokenizer_source(config)
     tokenizer = load_tokenizer(str(tokenizer_dir))
     task_data = task.build(tokenizer, config.seq_len, train_file=config.task.train_file,
                            validation_file=config.task.validation_file, dataset=config.task.dataset)
     if task_data.validation is None:
         raise InputError("fine-tuning needs validation data: set config.task.validation_file (or a dataset with one)")
-    model_family, model_config_ = model_config(config, task_data.num_labels, task_data.id2label)
-    model = model_family.architecture(task.head)(model_config_)
+    model_family, model_config = fitted_model_config(config, task_data.num_labels, task_data.id2label)
+    model = model_family.architecture(task.head)(model_config)
     if model.config.vocab_size < tokenizer.get_vocab_size():
         raise InputError(f"{tokenizer_dir}: {tokenizer.get_vocab_size()} tokens but the model has "
                          f"{model.config.vocab_size}")
@@ -125,8 +127,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         rules=rules,
         train_loader=FinetuneLoader(task_data.train.arrays, config.global_batch_size, config.seed, **hosts),
         evaluation=WholeSplit(task, task_data.validation, eval_loader, workdir),
-        init_params=(functools.partial(checkpoint.load_init_params, config.init_from, model, config.seed)
-                     if config.init_from else None),
+        init_params=checkpoint.init_params_for(workdir, config.init_from, model, config.seed),
         write_files=functools.partial(write_workdir_tokenizer, write=functools.partial(copy_tokenizer_files,
                                                                                         tokenizer_dir)),
     )

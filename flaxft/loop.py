@@ -1,5 +1,5 @@
 """The training loop: pure train and eval steps, the train state, and the loop that
-trains any prepared `flaxft.run.Run` (pretraining or fine-tuning, any family).
+trains any prepared `flaxft.contracts.Run` (pretraining or fine-tuning, any family).
 
     train_step(state, batch) -> (state, metrics)
 
@@ -7,7 +7,7 @@ is jitted once with explicit shardings and the state donated. Dropout keys come 
 `fold_in(key(seed), step)` and batches from the loader's step, so a resumed run computes
 exactly what an uninterrupted one would. The loop reads metrics one step late, so
 dispatching the next step never waits for the last. It knows the run's contracts
-(`flaxft.run`), never a task, a data format or a model family.
+(`flaxft.contracts`), never a task, a data format or a model family.
 """
 
 import functools
@@ -26,11 +26,10 @@ import optax
 from jax.experimental import multihost_utils
 
 from flaxft import checkpoint, optim, report, sharding
-from flaxft import config as config_lib
-from flaxft.files import CHECKPOINTS, write_text_atomically
+from flaxft.contracts import Batch, HostBatch, Run, Task
+from flaxft.files import PathKind, kind_of
 from flaxft.models.params import init_params
 from flaxft.preemption import Preemption
-from flaxft.run import Batch, HostBatch, Run, Task
 
 
 class NonFiniteLoss(Exception):
@@ -182,20 +181,23 @@ def train(run: Run) -> dict[str, float]:
 
     Returns the last logged metrics ({} when the workdir had already finished). Raises
     InputError on a checkpoint that does not fit the run, NonFiniteLoss when the loss goes
-    NaN/Inf under on_nonfinite="abort". Nothing is written before the restore (or
-    init_from) has succeeded.
+    NaN/Inf under on_nonfinite="abort", checkpoint.SaveFailed when a checkpoint cannot be
+    written. Nothing but the log file (report.log_file) is written before the restore
+    (or init_from) has succeeded.
     """
     config, workdir = run.config, run.workdir
-    ckpt = _checkpointer(config, workdir) if (workdir / CHECKPOINTS).is_dir() else None
+    ckpt = _checkpointer(config, workdir) if kind_of(workdir) is PathKind.WORKDIR else None
     latest = ckpt.latest_step() if ckpt is not None else None
     if latest is not None and latest >= config.num_train_steps:
         print(f"{workdir}: already trained to step {latest} of {config.num_train_steps}; nothing to do")
         run.train_loader.close()
         ckpt.close()
         return {}
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
-        with run.mesh, nn.logical_axis_rules(run.rules):
-            return _train(run, ckpt)
+        with report.logs_to_file(report.log_file(workdir, jax.process_index())):
+            with run.mesh, nn.logical_axis_rules(run.rules):
+                return _train(run, ckpt)
     finally:
         run.train_loader.close()
 
@@ -210,7 +212,7 @@ def _write_workdir(run: Run) -> None:
     if jax.process_index() == 0:
         if run.write_files is not None:
             run.write_files(run.workdir)
-        write_text_atomically(run.workdir / "config.json", config_lib.to_json(run.config))
+        report.write_config(run.workdir, run.config.to_dict())
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("workdir written")
 
@@ -261,6 +263,7 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
         with Preemption() as preemption:
             for step in range(start, config.num_train_steps):
                 state, step_metrics = step_fn(state, to_global(next(run.train_loader)))
+                ckpt.check()  # a save that failed stops the run here, not at the next save
                 done = step + 1
                 log.dispatched(done, step_metrics)
                 final = done == config.num_train_steps
@@ -282,8 +285,9 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
                     ckpt.wait()
                     progress.message(f"preempted: stopped at step {done}; checkpoint saved in {ckpt.root / str(done)}")
                     break
-    finally:
         ckpt.wait()
+    finally:
+        ckpt.wait(check=False)
         writer.close()
     if not stop and is_writer:
         plot = report.plot_losses(run.workdir)

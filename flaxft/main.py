@@ -8,7 +8,6 @@ one line naming the field or file.
 """
 
 import os
-import sys
 
 from flaxft import cli
 
@@ -16,7 +15,7 @@ cli.set_offline_defaults()
 
 from absl import flags, logging  # noqa: E402
 
-from flaxft.errors import fail  # noqa: E402
+from flaxft.errors import EXIT_RUN_FAILED, fail  # noqa: E402
 from flaxft.host_memory import exec_with_huge_pages  # noqa: E402
 
 _CONFIG = cli.define_config_flag()
@@ -52,16 +51,18 @@ def main() -> None:
         fail("--workdir is required")
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every file they touch at INFO
     init_distributed()
-    from flaxft import loop, train
+    from flaxft import checkpoint, loop, train
     from flaxft.errors import InputError
 
     try:
         train.run(_CONFIG.value, _WORKDIR.value)
     except InputError as e:
         fail(str(e))
-    except loop.NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except (loop.NonFiniteLoss, checkpoint.SaveFailed) as e:
+        fail(str(e), EXIT_RUN_FAILED)
+    except OSError as e:  # a write of the run's files (metrics, events, plots) failed
+        fail(f"{e.filename or _WORKDIR.value}: {e.strerror or e} (details in the workdir's flaxft.log)",
+             EXIT_RUN_FAILED)
 
 
 if __name__ == "__main__":

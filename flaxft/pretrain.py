@@ -1,5 +1,5 @@
 """Pretraining setup: corpus, tokenizer, masked examples, the family's pretraining head,
-mesh and optimizer, built into a `flaxft.run.Run` for the loop.
+mesh and optimizer, built into a `flaxft.contracts.Run` for the loop.
 
     python -m flaxft.main --config configs/pretrain_tiny.py --workdir runs/demo
 """
@@ -16,18 +16,18 @@ from tokenizers import Tokenizer
 
 from flaxft import checkpoint, data, optim, sharding
 from flaxft import config as config_lib
+from flaxft.contracts import HostBatch, Run
 from flaxft.data.tokenizer import copy_tokenizer_files, write_workdir_tokenizer
 from flaxft.errors import InputError
 from flaxft.files import TOKENIZER
-from flaxft.models import abstract_params, family
-from flaxft.run import HostBatch, Run
+from flaxft.models import abstract_params, family_named
 from flaxft.tasks import Pretraining
 
 
 @dataclasses.dataclass
 class MeanOverBatches:
     """Evaluation of a pretraining run: the task's metrics averaged over the first
-    `num_batches` batches of the held-out examples (`flaxft.run.Evaluation`)."""
+    `num_batches` batches of the held-out examples (`flaxft.contracts.Evaluation`)."""
 
     loader: data.PretrainLoader
     num_batches: int
@@ -43,17 +43,23 @@ class MeanOverBatches:
         return {f"eval_{k}": v / len(outputs) for k, v in totals.items()}
 
 
-def tokenizer_of(config: ml_collections.ConfigDict, workdir: Path, documents: list[str]):
-    """The run's tokenizer and how to write it into the workdir: the configured folder
-    (copied), the one a previous run of this workdir trained (nothing to write), or a
-    WordPiece tokenizer trained on the corpus now (saved)."""
+# Tokenizers flaxft trains on a corpus, by the kind a family's checkpoints come with.
+TRAINERS = {"wordpiece": data.train_wordpiece}
+
+
+def tokenizer_of(config: ml_collections.ConfigDict, workdir: Path, documents: list[str], kind: str):
+    """The run's tokenizer and how to write it into the workdir: the configured folder or
+    file (copied), the one a previous run of this workdir trained (nothing to write), or
+    one of `kind` trained on the corpus now (saved)."""
     if config.data.tokenizer:
-        tokenizer = data.load_tokenizer(config.data.tokenizer)
-        folder = Path(config.data.tokenizer).expanduser()  # a folder, or a file in one
-        return tokenizer, functools.partial(copy_tokenizer_files, folder if folder.is_dir() else folder.parent)
+        return data.load_tokenizer(config.data.tokenizer), functools.partial(copy_tokenizer_files,
+                                                                              config.data.tokenizer)
     if (workdir / TOKENIZER).is_dir():
         return data.load_tokenizer(str(workdir / TOKENIZER)), None
-    tokenizer = data.train_wordpiece(documents, config.model.vocab_size)
+    if kind not in TRAINERS:
+        raise InputError(f"config.data.tokenizer is empty, and flaxft trains no {kind} tokenizer "
+                         f"(model family {config.model.family!r}); give a tokenizer folder")
+    tokenizer = TRAINERS[kind](documents, config.model.vocab_size)
     return tokenizer, functools.partial(data.save_tokenizer, tokenizer)
 
 
@@ -62,22 +68,23 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     and builds it. Raises InputError on bad input. Writes nothing to the workdir but the
     examples cache (WORKDIR/cache unless data.cache_dir), once every check has passed."""
     workdir = Path(workdir)
+    model_family = family_named(config.model.family)
     documents = data.read_documents(config.data.path, config.data.text_column)
-    tokenizer, write_tokenizer = tokenizer_of(config, workdir, documents)
+    tokenizer, write_tokenizer = tokenizer_of(config, workdir, documents, model_family.tokenizer)
     vocab = tokenizer.get_vocab_size()
     if vocab != config.model.vocab_size:
         source = config.data.tokenizer or "the tokenizer trained on the corpus"
         raise InputError(f"{source} has {vocab} tokens but config.model.vocab_size is {config.model.vocab_size}")
-    task = Pretraining(next_sentence=config.data.format == "bert")
-    model = family(config.model.family).architecture(task.head)(config_lib.model_config(config))
+    task = Pretraining.from_config(config)
+    model = model_family.architecture(task.head)(config_lib.model_config(config))
     mesh, rules = sharding.mesh_for(config.mesh, abstract_params(model, boxed=True), config.global_batch_size,
                                     config.grad_accum_steps)
+    init_params = checkpoint.init_params_for(workdir, config.init_from, model, config.seed)
     train_loader, eval_loader = loaders(config, workdir, documents, tokenizer)
     return Run(
         config=config, workdir=workdir, task=task, model=model, tx=optim.make_optimizer(config), mesh=mesh,
         rules=rules, train_loader=train_loader, evaluation=MeanOverBatches(eval_loader, config.eval_batches),
-        init_params=(functools.partial(checkpoint.load_init_params, config.init_from, model, config.seed)
-                     if config.init_from else None),
+        init_params=init_params,
         write_files=(functools.partial(write_workdir_tokenizer, write=write_tokenizer)
                      if write_tokenizer is not None else None),
     )

@@ -1,15 +1,21 @@
 """What the user sees of a run: a console progress line, metrics.jsonl, TensorBoard
-events and a loss plot. Only the writing process (process 0) writes anything."""
+events and a loss plot (only the writing process, process 0, writes those), and the log
+file that keeps what libraries log, away from the console."""
 
+import contextlib
 import json
+import logging
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from flaxft.files import write_text_atomically
 
+CONFIG_FILE = "config.json"
+LOG_FILE = "flaxft.log"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 TENSORBOARD_DIR = "tensorboard"
@@ -49,6 +55,11 @@ class MetricsWriter:
 def _plain(value):
     value = float(value)
     return value if math.isfinite(value) else str(value)
+
+
+def write_config(workdir: str | os.PathLike, config_dict: dict) -> None:
+    """WORKDIR/config.json: the run's resolved config as indented JSON, keys sorted."""
+    write_text_atomically(Path(workdir) / CONFIG_FILE, json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
@@ -135,3 +146,39 @@ def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def log_file(workdir: str | os.PathLike, process_index: int) -> Path:
+    """WORKDIR/flaxft.log for process 0, WORKDIR/flaxft.process_<i>.log for the others."""
+    name = LOG_FILE if process_index == 0 else f"flaxft.process_{process_index}.log"
+    return Path(workdir) / name
+
+
+@contextlib.contextmanager
+def logs_to_file(path: Path, settle_s: float = 0.2) -> Iterator[None]:
+    """While the block runs, everything written to stderr (fd 2: Python logging and
+    `warnings` from Orbax, JAX and transformers, XLA's and TensorStore's native threads)
+    goes to `path` instead of the console, and an exception that ends the block is written
+    there with its traceback; the console keeps stdout (flaxft's own lines) and, after the
+    block, the entry point's one-line error. A log that cannot be written (a full disk)
+    is given up silently. stderr is restored afterwards; after a failure only once the
+    background threads that report it had `settle_s` to do so."""
+    sys.stderr.flush()
+    console = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
+    logging.captureWarnings(True)
+    try:
+        yield
+    except BaseException:
+        logging.getLogger("flaxft").exception("the run stopped")
+        time.sleep(settle_s)
+        raise
+    finally:
+        logging.captureWarnings(False)
+        logging.raiseExceptions = raise_exceptions
+        sys.stderr.flush()
+        os.dup2(console, 2)
+        os.close(console)
+        os.close(log)

@@ -92,7 +92,7 @@ FORBIDDEN = {
                     "flaxft.sharding", "flaxft.train", "flaxft.pretrain", "flaxft.finetune"),
     "flaxft.loop": ("flaxft.tasks", "flaxft.data", "flaxft.models.bert", "flaxft.models.registry",
                     "flaxft.pretrain", "flaxft.finetune", "flaxft.train"),
-    "flaxft.run": ("flaxft.tasks", "flaxft.data", "flaxft.models"),
+    "flaxft.contracts": ("flaxft.tasks", "flaxft.data", "flaxft.models"),
     "flaxft.tasks": ("flaxft.loop", "flaxft.train", "flaxft.pretrain", "flaxft.finetune", "flaxft.sharding",
                      "flaxft.checkpoint"),
     "flaxft.hf": ("flaxft.loop",),
@@ -120,3 +120,23 @@ def test_nothing_imports_main_and_only_the_registry_names_a_family():
         for target in targets if _under(target, *family_packages) and not _under(name, *family_packages)
     )
     assert naming == ["flaxft.models", "flaxft.models.registry"], naming  # the public API re-exports BERT's classes
+
+
+def test_the_loop_does_not_even_indirectly_import_a_task():
+    import subprocess
+    import sys
+
+    code = "import sys, flaxft.loop; print(sorted(m for m in sys.modules if m.startswith('flaxft.tasks')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=PACKAGE.parent)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_config_choices_and_sharding_rules_cover_the_registries():
+    from flaxft import config, sharding
+    from flaxft.models import FAMILIES
+    from flaxft.tasks import FINETUNE_TASKS
+
+    assert config._CHOICES["task.name"] == ("pretraining", *FINETUNE_TASKS)
+    for family in FAMILIES.values():  # a logical axis without a rule would stay whole on every device
+        assert set(family.logical_axes) <= set(sharding.DEFAULT_RULES), family.name

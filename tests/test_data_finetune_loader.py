@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from flaxft.errors import InputError
 from flaxft.data.loader import FinetuneLoader, concat_outputs
+from flaxft.errors import InputError
 
 N = 10
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from flaxft.errors import InputError
 from flaxft.data import records
 from flaxft.data.features import truncate_pair
+from flaxft.errors import InputError
 
 ROWS = [{"text": "a good film", "label": 1}, {"text": "NA", "label": 0}]
 

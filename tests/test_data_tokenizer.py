@@ -119,3 +119,17 @@ def test_small_corpus_vocab_is_padded_with_reserved_tokens(tmp_path):
     vocab = (tmp_path / "tok" / "vocab.txt").read_text().splitlines()
     assert len(vocab) == 200 and vocab[-1].startswith("[unused") and vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert "[unused3]" not in tokenizer.encode("tiny [unused3] words").tokens  # text never maps to them
+
+
+def test_copy_tokenizer_files_from_a_folder_or_a_file(tmp_path):
+    from flaxft.data.tokenizer import copy_tokenizer_files, save_tokenizer
+
+    tokenizer = train_wordpiece(["a few words to learn from, and a few more words"], 40)
+    save_tokenizer(tokenizer, tmp_path / "folder")
+    assert copy_tokenizer_files(tmp_path / "folder", tmp_path / "a") == [
+        "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+    odd = tmp_path / "elsewhere" / "my_tokenizer.json"  # a file under a name of its own
+    odd.parent.mkdir()
+    tokenizer.save(str(odd))
+    assert copy_tokenizer_files(odd, tmp_path / "b") == ["tokenizer.json"]
+    assert load_tokenizer(str(tmp_path / "b")).to_str() == tokenizer.to_str()

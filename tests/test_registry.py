@@ -6,7 +6,15 @@ import pytest
 
 from flaxft import config as config_lib
 from flaxft.errors import InputError
-from flaxft.models import ARCHITECTURES, FAMILIES, HEAD_ROLES, BertConfig, family, family_for_model_type, family_of
+from flaxft.models import (
+    ARCHITECTURES,
+    FAMILIES,
+    HEAD_ROLES,
+    BertConfig,
+    family_for_model_type,
+    family_named,
+    family_of,
+)
 from tests.tiny import set_dotted
 
 
@@ -23,11 +31,11 @@ def test_every_family_declares_every_head_under_transformers_names():
 
 
 def test_lookups_and_their_errors():
-    bert = family("bert")
+    bert = family_named("bert")
     assert family_for_model_type("bert", "x/config.json") is bert
     assert bert.architecture("sequence_classification").__name__ == "BertForSequenceClassification"
     with pytest.raises(InputError, match=r"config.model.family 'gpt' is not one of \['bert'\]"):
-        family("gpt")
+        family_named("gpt")
     with pytest.raises(InputError, match=r"x/config.json: model_type 'llama' is not supported .*\['bert'\]"):
         family_for_model_type("llama", "x/config.json")
     with pytest.raises(InputError, match="unknown architecture 'LlamaForCausalLM'"):

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from flaxft import checkpoint, config as config_lib, data, hf, loop, optim, report, sharding, train
+from flaxft import checkpoint, data, hf, loop, optim, report, sharding, train
+from flaxft import config as config_lib
 from flaxft.errors import InputError
 from flaxft.models import ARCHITECTURES
 from tests.tiny import losses, tiny_config, tiny_flags, write_corpus

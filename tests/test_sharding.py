@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from flaxft import config as config_lib
 from flaxft import bench, loop, optim, sharding, train
+from flaxft import config as config_lib
 from flaxft.errors import InputError
 from flaxft.models import ARCHITECTURES, init_params
 from flaxft.tasks import Pretraining

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flaxft.data import Split, padding_fraction
 from flaxft.errors import InputError
 from flaxft.models import FAMILIES, EncoderOutput
 from flaxft.tasks import classification as cls
-from flaxft.data import Split, padding_fraction
 
 SEQ_LEN = 32
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flaxft.data import Split
 from flaxft.errors import InputError
 from flaxft.models import FAMILIES, EncoderOutput
 from flaxft.tasks import ner
-from flaxft.data import Split
 
 SEQ_LEN = 24
 TAGS = ["B-LOC", "B-PER", "I-PER", "O"]

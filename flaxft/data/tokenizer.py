@@ -238,13 +238,19 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str | os.PathLike) -> None:
 
 
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
-    """Copies the Hugging Face tokenizer files found in `src` into `dst`; returns their names."""
-    names = [name for name in TOKENIZER_FILES if (Path(src) / name).is_file()]
-    if names:
-        Path(dst).mkdir(parents=True, exist_ok=True)
-    for name in names:
-        shutil.copy2(Path(src) / name, Path(dst) / name)
-    return names
+    """Copies the Hugging Face tokenizer files of `src` into `dst` (made if missing):
+    those found in a folder, or, for a tokenizer file, its folder's and the file itself
+    under the name `load_tokenizer` looks for (tokenizer.json, or vocab.txt). Returns
+    the names written."""
+    src, dst = Path(src).expanduser(), Path(dst)
+    folder = src if src.is_dir() else src.parent
+    copies = {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
+    if src.is_file():
+        copies["tokenizer.json" if src.suffix == ".json" else "vocab.txt"] = src
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, path in copies.items():
+        shutil.copy2(path, dst / name)
+    return sorted(copies)
 
 
 def write_workdir_tokenizer(workdir: Path, write: Callable[[Path], object]) -> None:

@@ -16,7 +16,7 @@ from flaxft.models.bert import (
 from flaxft.models.family import HEAD_ROLES, EncoderOutput, Family, ModelConfig
 from flaxft.models.layers import LOGICAL_AXES
 from flaxft.models.params import abstract_params, fit_params, init_params, restack
-from flaxft.models.registry import ARCHITECTURES, FAMILIES, family, family_for_model_type, family_of
+from flaxft.models.registry import ARCHITECTURES, FAMILIES, family_for_model_type, family_named, family_of
 
 __all__ = [
     "ARCHITECTURES",
@@ -34,8 +34,8 @@ __all__ = [
     "Family",
     "ModelConfig",
     "abstract_params",
-    "family",
     "family_for_model_type",
+    "family_named",
     "family_of",
     "fit_params",
     "init_params",

@@ -34,7 +34,13 @@ HEAD_ROLES = (
     "token_classification",
     "question_answering",
 )
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Rematerialisation of each layer in the backward pass (config field remat_policy).
+REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+REMAT_POLICIES = ("none", *REMAT)
 
 
 @flax.struct.dataclass
@@ -76,6 +82,7 @@ class ModelConfig:
     """
 
     TRAINING_OPTIONS: ClassVar[tuple[str, ...]] = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+    DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ()  # a family's dropout rates: a run's config sets them
 
     num_labels: int = 2
     id2label: tuple[str, ...] = ()
@@ -169,6 +176,8 @@ class HFFormat:
     head_prefixes: how head weights' names start (never base-prefixed); weights of a head
         the model lacks (or of an optional encoder part) are skipped when reading.
     write_extras(tensors, config): tensors transformers expects beside the table's.
+    output_names(architecture): EncoderOutput field -> the field of transformers' output
+        of that architecture holding the same values (what `convert verify` compares).
     """
 
     base_prefix: str
@@ -178,6 +187,7 @@ class HFFormat:
     read_aliases: Callable[[dict[str, Any], ModelConfig], dict[str, Any]]
     head_prefixes: tuple[str, ...]
     write_extras: Callable[[dict[str, Any], ModelConfig], dict[str, Any]]
+    output_names: Callable[[str], dict[str, str]]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,12 +44,6 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 ACTIVATIONS = tuple(_ACTIVATIONS)
 
-REMAT = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
 
 def activation(name: str) -> Callable[[Array], Array]:
     """The elementwise activation Hugging Face calls `name`."""

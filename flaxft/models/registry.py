@@ -15,7 +15,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 
 
-def family(name: str) -> Family:
+def family_named(name: str) -> Family:
     """The family called `name` (config.model.family); InputError naming the known ones."""
     if name not in FAMILIES:
         raise InputError(f"config.model.family {name!r} is not one of {sorted(FAMILIES)}")

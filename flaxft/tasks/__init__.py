@@ -1,4 +1,4 @@
-"""Tasks: what a model is trained to do. Each is a `flaxft.run.Task` (model inputs, loss
+"""Tasks: what a model is trained to do. Each is a `flaxft.contracts.Task` (model inputs, loss
 and metrics, evaluation outputs, on device); fine-tuning tasks also build their data and
 score predictions (`flaxft.tasks.task.FinetuneTask`). `FINETUNE_TASKS` names them as
 config.task.name does; a new task is a new module and one entry here."""

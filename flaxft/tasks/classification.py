@@ -3,7 +3,7 @@
 Host side: `build` (read splits, infer labels, tokenize), `make_features` (records ->
 rows), `pack_features` (several short examples per row), `evaluate` (model outputs ->
 metrics and per-example predictions). `Classification` is the task as a fine-tuning run
-uses it: its config keys, and the device side (`flaxft.run.Task`).
+uses it: its config keys, and the device side (`flaxft.contracts.Task`).
 
 Labels: strings (or booleans) -> classes in sorted order; integers -> classes in sorted
 order, or the dataset's `ClassLabel` names in their own order when it has them; floats
@@ -256,7 +256,7 @@ def pack_features(
     features: Features, seq_len: int | None = None, max_segments: int = packing.DEFAULT_MAX_SEGMENTS
 ) -> Features:
     """Packs unpacked features (from `make_features`) several examples per row
-    (`flaxft.tasks.packing.plan`). Each example keeps its tokens and token types; its
+    (`flaxft.data.packing.plan`). Each example keeps its tokens and token types; its
     [CLS] position goes to `cls_positions` and its label to `labels` at its slot.
 
     seq_len: the packed row length (default: that of the features; may be larger).

@@ -195,7 +195,7 @@ def make_features(
 
 def pack_features(features: Features, max_segments: int = packing.DEFAULT_MAX_SEGMENTS) -> Features:
     """Packs unpacked features (from `make_features`) several examples per row of the same
-    length (`flaxft.tasks.packing.plan`); labels move with their tokens.
+    length (`flaxft.data.packing.plan`); labels move with their tokens.
 
     Returns Features: input_ids, attention_mask, token_type_ids, segment_ids, labels
     [R, L] int32; host as the input's plus `packing` (where each example went), which

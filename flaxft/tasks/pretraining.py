@@ -10,6 +10,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from flaxft.models import EncoderOutput
@@ -19,9 +20,14 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "segment_ids", 
 
 @dataclasses.dataclass(frozen=True)
 class Pretraining:
-    """Masked LM (+ NSP with `next_sentence`): the `flaxft.run.Task` of a pretraining run."""
+    """Masked LM (+ NSP with `next_sentence`): the `flaxft.contracts.Task` of a pretraining run."""
 
     next_sentence: bool
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "Pretraining":
+        """NSP when data.format is "bert" (sentence pairs)."""
+        return cls(next_sentence=config.data.format == "bert")
 
     @property
     def head(self) -> str:

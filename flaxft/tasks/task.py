@@ -1,5 +1,5 @@
 """The contract of a fine-tuning task, beyond the device side every task has
-(`flaxft.run.Task`): which head it needs, how it turns data into features, how it scores
+(`flaxft.contracts.Task`): which head it needs, how it turns data into features, how it scores
 a model's outputs, and which config.task keys it reads."""
 
 import dataclasses
@@ -9,8 +9,8 @@ import ml_collections
 import numpy as np
 from tokenizers import Tokenizer
 
+from flaxft.contracts import Task
 from flaxft.data.features import Features
-from flaxft.run import Task
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class TaskData:
 
 class FinetuneTask(Task, Protocol):
     """A fine-tuning task: a frozen dataclass whose fields are the config.task keys it
-    reads (`from_config` fills them), plus the device side of `flaxft.run.Task`."""
+    reads (`from_config` fills them), plus the device side of `flaxft.contracts.Task`."""
 
     head: ClassVar[str]  # the head role it trains (flaxft.models.HEAD_ROLES)
 

@@ -1,6 +1,7 @@
 """BertConfig: Hugging Face `BertConfig` field names plus flaxft's training options."""
 
 import dataclasses
+from typing import ClassVar
 
 from flaxft.errors import InputError
 from flaxft.models.family import ModelConfig
@@ -11,6 +12,10 @@ from flaxft.models.layers import ACTIVATIONS
 class BertConfig(ModelConfig):
     """BERT's hyperparameters; field names follow `transformers.BertConfig` (defaults:
     BERT-Base). Training options and head size: see `ModelConfig`."""
+
+    DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"
+    )
 
     vocab_size: int = 30522
     hidden_size: int = 768

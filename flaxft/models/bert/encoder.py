@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flaxft.models.attention import attention, attention_mask_B1LL, gather_query_rows
 from flaxft.models.bert.configuration import BertConfig
 from flaxft.models.dropout import Dropout
-from flaxft.models.family import EncoderOutput
-from flaxft.models.layers import REMAT, activation, dense, embed, gather_positions, layer_norm, segment_positions
+from flaxft.models.family import REMAT, EncoderOutput
+from flaxft.models.layers import activation, dense, embed, gather_positions, layer_norm, segment_positions
 
 Array = jax.Array
 

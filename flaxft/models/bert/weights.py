@@ -125,6 +125,21 @@ def write_extras(tensors: dict[str, Any], config: BertConfig) -> dict[str, Any]:
     return tensors
 
 
+def output_names(architecture: str) -> dict[str, str]:
+    """EncoderOutput fields -> the fields of transformers' output for a BERT architecture
+    (a bare BertModel returns the hidden states, a head only its logits)."""
+    heads = HEADS_OF[architecture]
+    if not heads:
+        return {"last_hidden_state": "last_hidden_state", "pooler_output": "pooler_output"}
+    if architecture == "BertForPreTraining":
+        return {"mlm_logits": "prediction_logits", "nsp_logits": "seq_relationship_logits"}
+    if "mlm" in heads:
+        return {"mlm_logits": "logits"}
+    if "qa_outputs" in heads:
+        return {"start_logits": "start_logits", "end_logits": "end_logits"}
+    return {"logits": "logits"}
+
+
 HF_FORMAT = HFFormat(
     base_prefix="bert.",
     weight_table=weight_table,
@@ -133,4 +148,5 @@ HF_FORMAT = HFFormat(
     read_aliases=read_aliases,
     head_prefixes=("cls.", "classifier.", "qa_outputs."),
     write_extras=write_extras,
+    output_names=output_names,
 )
