@@ -20,7 +20,7 @@ def get_config():
     config.task.train_file = "runs/finetune_data/classification/train.csv"
     config.task.validation_file = "runs/finetune_data/classification/validation.csv"
     config.task.text_fields = "text"
-    config.task.epochs = 3.0  # sets num_train_steps
+    config.task.epochs = 3.0  # passes over the training rows (or --config.num_train_steps=N instead)
     config.global_batch_size = 32
     config.seq_len = 64
     config.learning_rate = 5e-5

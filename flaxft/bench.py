@@ -173,7 +173,6 @@ def prepared_run(config, workdir: Path):
 
 def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048) -> dict:
     """Times the run's train step on a synthetic batch; returns the JSON fields."""
-    import flax.linen as nn
     import jax
     import numpy as np
 
@@ -182,7 +181,7 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048) -> dict:
 
     config, model, mesh = run.config, run.model, run.mesh
     rng = jax.random.key(config.seed)
-    with mesh, nn.logical_axis_rules(run.rules):
+    with sharding.activated(mesh, run.rules):
         started = time.perf_counter()
         state_shardings, _ = loop.abstract_state(model, run.tx, mesh, run.rules, rng, config.seq_len)
         state = jax.block_until_ready(loop.init_train_state(model, run.tx, rng, config.seq_len, state_shardings))
@@ -364,20 +363,20 @@ def main() -> None:
 
     from flaxft import cli
 
-    config_flag = cli.define_config_flag()
+    cli.define_config_flag()
     what = flags.DEFINE_enum("what", "train", ["train", "data", "all"], "Benchmark the train step, the data loader, or both.")
     steps = flags.DEFINE_integer("steps", 10, "Timed train steps (the median is reported).")
     warmup = flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
     data_batches = flags.DEFINE_integer("data_batches", 300, "Timed loader batches.")
     matmul_size = flags.DEFINE_integer("peak_matmul_size", 2048, "Side of the matmul that measures a CPU's peak.")
-    cli.parse_flags()
+    config = cli.parse_flags(__doc__)
     for name, flag, least in (("steps", steps, 1), ("warmup", warmup, 0), ("data_batches", data_batches, 1),
                               ("peak_matmul_size", matmul_size, 1)):
         if flag.value < least:
             fail(f"--{name} must be at least {least}, got {flag.value}")
     logging.set_verbosity(logging.WARNING)
     try:
-        result = measure(config_flag.value, what.value, steps.value, warmup.value, data_batches.value,
+        result = measure(config, what.value, steps.value, warmup.value, data_batches.value,
                          matmul_size.value)
     except InputError as e:
         fail(str(e))

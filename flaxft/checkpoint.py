@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flax.linen as nn
@@ -25,9 +26,18 @@ import jax
 import orbax.checkpoint as ocp
 
 from flaxft import hf
-from flaxft.data.tokenizer import copy_tokenizer_files
+from flaxft.data.tokenizer import copy_tokenizer_files, write_workdir_tokenizer
 from flaxft.errors import InputError
-from flaxft.files import CHECKPOINTS, MODEL_RECORD, TOKENIZER, PathKind, kind_of, new_output_dir
+from flaxft.files import (
+    CHECKPOINTS,
+    MODEL_RECORD,
+    SENTENCE_TRANSFORMERS,
+    TOKENIZER,
+    PathKind,
+    kind_of,
+    new_output_dir,
+    replaced_atomically,
+)
 from flaxft.models import abstract_params, family_of, fit_params
 
 
@@ -52,15 +62,17 @@ def _on_one_device(model: nn.Module) -> dict:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract_params(model))
 
 
-def save_model(out_dir: str | os.PathLike, model: nn.Module, params: dict, tokenizer_dir: str | None = None) -> Path:
-    """Writes `model` and `params` as step 0 of a new flaxft checkpoint folder.
+def save_model(out_dir: str | os.PathLike, model: nn.Module, params: dict, source_dir: str | None = None) -> Path:
+    """Writes `model` and `params` as step 0 of a new flaxft checkpoint folder, with the
+    tokenizer and sentence-transformers files of the Hugging Face folder `source_dir`.
 
     The folder appears whole or not at all; an existing non-empty `out_dir` is an
     InputError (nothing is overwritten).
     """
     with new_output_dir(out_dir) as tmp:
-        if tokenizer_dir is not None:
-            copy_tokenizer_files(tokenizer_dir, tmp / TOKENIZER)
+        if source_dir is not None:
+            copy_tokenizer_files(source_dir, tmp / TOKENIZER)
+            hf.copy_sentence_transformers_files(source_dir, tmp / SENTENCE_TRANSFORMERS)
         with ocp.CheckpointManager(tmp / CHECKPOINTS) as manager:
             manager.save(
                 0,
@@ -97,6 +109,31 @@ def tokenizer_dir_of(path: str | os.PathLike) -> Path | None:
     root, _ = locate(path)
     folder = root.parent / TOKENIZER
     return folder if folder.is_dir() else None
+
+
+def sentence_transformers_dir_of(path: str | os.PathLike) -> Path | None:
+    """Where the sentence-transformers files of a model source are: the Hugging Face
+    folder itself, or the folder a flaxft checkpoint keeps them in; None if it has none."""
+    if kind_of(path) is PathKind.HF_FOLDER:
+        folder = Path(path)
+    else:
+        root, _ = locate(path)
+        folder = root.parent / SENTENCE_TRANSFORMERS
+    return folder if (folder / "modules.json").is_file() else None
+
+
+def run_files_writer(write_tokenizer: Callable[[Path], object] | None, init_from: str) -> Callable[[Path], None]:
+    """What a new run writes into its workdir besides checkpoints and metrics (see
+    `flaxft.contracts.Run.write_files`): its tokenizer (`write_tokenizer(folder)`), and
+    the sentence-transformers files of `init_from`, so exports carry them on."""
+    def write(workdir: Path) -> None:
+        if write_tokenizer is not None:
+            write_workdir_tokenizer(workdir, write_tokenizer)
+        source = sentence_transformers_dir_of(init_from) if init_from else None
+        if source is not None and not (workdir / SENTENCE_TRANSFORMERS).exists():
+            with replaced_atomically(workdir / SENTENCE_TRANSFORMERS) as staging:
+                hf.copy_sentence_transformers_files(source, staging)
+    return write
 
 
 def model_of(path: str | os.PathLike) -> nn.Module:
@@ -253,8 +290,7 @@ class TrainCheckpointer:
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
             path = self.root / str(step)
-            saved = self._read_model_record(step, path)
-            _check_same_model(saved, model, path)
+            self.check_model(step, model)
             try:
                 with _stderr_dropped_on_error():
                     restored = self.manager.restore(
@@ -283,12 +319,21 @@ class TrainCheckpointer:
             return state, dict(restored["data"]), step
         return None
 
-    def _read_model_record(self, step: int, path: Path) -> dict:
+    def check_model(self, step: int, model: nn.Module) -> None:
+        """InputError listing the model config fields in which `step` was written for
+        another model than `model` (or naming it when its model record is unreadable)."""
+        _check_same_model(self._read_item(step, MODEL_RECORD), model, self.root / str(step))
+
+    def saved_config(self, step: int) -> dict:
+        """The resolved config (as a dict) that the run which wrote `step` had."""
+        return self._read_item(step, "config")
+
+    def _read_item(self, step: int, name: str) -> dict:
         try:
-            record = self.manager.restore(step, args=ocp.args.Composite(**{MODEL_RECORD: ocp.args.JsonRestore()}))
-            return record[MODEL_RECORD]
+            return self.manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))[name]
         except Exception as e:
-            raise InputError(f"{path}: checkpoint has no readable model record ({type(e).__name__})") from None
+            raise InputError(f"{self.root / str(step)}: checkpoint has no readable {name} record "
+                             f"({type(e).__name__})") from None
 
     def wait(self, check: bool = True) -> None:
         """Waits for the write in progress, then `check`s it; with check=False (a failure

@@ -3,13 +3,15 @@ ml-collections config file, every parse error reported as one line with exit cod
 
 import ast
 import contextlib
+import json
 import os
 import sys
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from flaxft.errors import fail
+from flaxft.errors import InputError, fail
 
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -22,25 +24,75 @@ def set_offline_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull")
+# Keys that exclude each other, each with its "not set" value: when the command line sets
+# one of them, the config file's value of the other gives way.
+EXCLUSIVE_KEYS = (("num_train_steps", 0), ("task.epochs", 0.0))
+
+
 def define_config_flag():
-    """--config: an ml-collections config file, locked (overrides may only set existing keys)."""
-    return config_flags.DEFINE_config_file("config", None, "Path to an ml-collections config file.",
-                                           lock_config=True)
+    """--config: an ml-collections config file, locked (overrides may only set existing
+    keys); and --print_config, which prints the resolved config and exits."""
+    flags.DEFINE_bool("print_config", False, "Print the resolved config (file plus overrides) as JSON and exit.")
+    return config_flags.DEFINE_config_file(
+        "config", None, "Path to an ml-collections config file; override any key with --config.KEY=VALUE "
+        "(every key, with its default and meaning, is in flaxft/config.py).", lock_config=True)
 
 
-def parse_flags() -> None:
-    """Parses sys.argv; a bad flag, stray argument or missing config file exits 2."""
+def parse_flags(doc: str) -> ml_collections.ConfigDict:
+    """Parses sys.argv and returns the config, with EXCLUSIVE_KEYS resolved. --help prints
+    `doc` (the entry point's docstring) and the flags, then exits 0; --print_config prints
+    the validated config and exits 0. A bad flag, stray argument, missing config file or
+    invalid config exits 2 with one line."""
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+        print(usage(doc))
+        sys.exit(0)
     try:
         argv = flags.FLAGS(sys.argv)
     except Exception as e:  # unknown override keys, bad values
         fail(f"bad command line: {_readable(e)}")
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config_file = flags.FLAGS["config"].present and config_flags.get_config_filename(flags.FLAGS["config"])
+    config_flag = flags.FLAGS["config"]
+    config_file = config_flag.present and config_flags.get_config_filename(config_flag)
     if not config_file:
         fail("--config is required (e.g. --config configs/pretrain_tiny.py)")
     if not os.path.isfile(config_file.split(":")[0]):
         fail(f"{config_file}: no such config file")
+    config = config_flag.value
+    overridden = config_flags.get_override_values(config_flag)
+    for (key, unset), (other, other_unset) in (EXCLUSIVE_KEYS, EXCLUSIVE_KEYS[::-1]):
+        if key in overridden and other not in overridden:
+            _set(config, other, other_unset)
+    if flags.FLAGS.print_config:
+        from flaxft import config as config_lib
+
+        try:
+            config_lib.validate(config)
+        except InputError as e:
+            fail(str(e))
+        print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        sys.exit(0)
+    return config
+
+
+def usage(doc: str) -> str:
+    """`doc` and the entry point's own flags with their help and defaults."""
+    lines = [doc.strip(), "", "Flags:"]
+    for module, module_flags in sorted(flags.FLAGS.flags_by_module_dict().items()):
+        if module.startswith("absl"):  # absl's own logging flags
+            continue
+        for flag in sorted(module_flags, key=lambda f: f.name):
+            default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+            lines.append(f"  --{flag.name}: {flag.help}{default}")
+    return "\n".join(lines)
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for parent in parents:
+        config = config[parent]
+    config[leaf] = value
 
 
 def _readable(error: Exception) -> str:

@@ -19,7 +19,7 @@ def default_config() -> ml_collections.ConfigDict:
     """Every key flaxft reads, with its default. Pretraining on the offline corpus."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.num_train_steps = 1000
+    c.num_train_steps = 0  # the run's length in steps; fine-tuning may give task.epochs instead (not both)
     c.global_batch_size = 32
     c.grad_accum_steps = 1  # microbatches per step; each holds global_batch_size / grad_accum_steps rows
     c.seq_len = 128
@@ -65,7 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.task.train_file = ""  # CSV / TSV / JSON / JSONL / Parquet, or a save_to_disk folder
     c.task.validation_file = ""
     c.task.dataset = ""  # a Hugging Face dataset "name" or "name:config", e.g. "glue:sst2"
-    c.task.epochs = 0.0  # > 0: num_train_steps = epochs x training rows / global_batch_size
+    c.task.epochs = 0.0  # fine-tuning: passes over the training rows, instead of num_train_steps
     c.task.text_fields = ""  # classification: one or two columns, comma separated ("" = dataset default)
     c.task.label_field = "label"
     c.task.pack = "eval"  # classification, NER: several short examples per row. "eval": validation
@@ -110,7 +110,7 @@ _CHOICES = {
     "task.pack": ("none", "eval", "all"),
 }
 _POSITIVE = (
-    "num_train_steps", "global_batch_size", "grad_accum_steps", "seq_len", "log_every_steps",
+    "global_batch_size", "grad_accum_steps", "seq_len", "log_every_steps",
     "eval_every_steps", "eval_batches", "checkpoint_every_steps", "data.max_predictions_per_seq",
     "checkpoint.keep", "task.max_segments",
 )
@@ -141,6 +141,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in _POSITIVE:
         if _get(config, field) < 1:
             raise InputError(f"config.{field} must be positive, got {_get(config, field)}")
+    _check_length(config)
     if not 0 < config.data.mask_rate < 1:
         raise InputError(f"config.data.mask_rate must be in (0, 1), got {config.data.mask_rate}")
     if not 0 < config.data.eval_fraction < 1:
@@ -159,6 +160,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if config.data.max_predictions_per_seq > config.seq_len:
         raise InputError("config.data.max_predictions_per_seq is larger than config.seq_len")
+
+
+def _check_length(config: ml_collections.ConfigDict) -> None:
+    """Pretraining runs num_train_steps; fine-tuning num_train_steps or task.epochs, not both."""
+    steps, epochs = config.num_train_steps, config.task.epochs
+    if steps < 0 or epochs < 0:
+        raise InputError(f"config.num_train_steps ({steps}) and config.task.epochs ({epochs}) cannot be negative")
+    if config.task.name == "pretraining":
+        if not steps:
+            raise InputError("config.num_train_steps must be set for pretraining")
+        if epochs:
+            raise InputError("config.task.epochs is for fine-tuning; pretraining runs config.num_train_steps")
+    elif steps and epochs:
+        raise InputError(f"config.num_train_steps ({steps}) and config.task.epochs ({epochs}) are both set; "
+                         "set one: a number of steps, or of passes over the training rows")
+    elif not steps and not epochs:
+        raise InputError("fine-tuning needs config.num_train_steps or config.task.epochs")
 
 
 def _check_keys_and_types(config, defaults, prefix: str) -> None:

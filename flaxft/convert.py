@@ -26,13 +26,14 @@ from flaxft.models import family_of  # noqa: E402
 
 def import_hf(hf_dir: str, ckpt_dir: str) -> None:
     model, params = hf.from_pretrained(hf_dir)
-    out = checkpoint.save_model(ckpt_dir, model, params, tokenizer_dir=hf_dir)
+    out = checkpoint.save_model(ckpt_dir, model, params, source_dir=hf_dir)
     print(f"wrote {type(model).__name__} checkpoint to {out}")
 
 
 def export_hf(ckpt: str, hf_dir: str) -> None:
     model, params = checkpoint.load_model(ckpt)
-    hf.save_pretrained(model, params, hf_dir, tokenizer_dir=checkpoint.tokenizer_dir_of(ckpt))
+    hf.save_pretrained(model, params, hf_dir, tokenizer_dir=checkpoint.tokenizer_dir_of(ckpt),
+                       sentence_transformers_dir=checkpoint.sentence_transformers_dir_of(ckpt))
     print(f"wrote {type(model).__name__} to {hf_dir}")
 
 

@@ -19,6 +19,7 @@ from flaxft.errors import InputError
 CHECKPOINTS = "checkpoints"  # a workdir's Orbax checkpoints: CHECKPOINTS/<step>/...
 MODEL_RECORD = "model"  # the item of a step naming its architecture and config
 TOKENIZER = "tokenizer"  # a workdir's (or checkpoint folder's) copy of its tokenizer
+SENTENCE_TRANSFORMERS = "sentence_transformers"  # and of its source's sentence-transformers files
 
 
 @contextlib.contextmanager
@@ -55,14 +56,19 @@ def write_text_atomically(target: str | os.PathLike, text: str) -> None:
 @contextlib.contextmanager
 def new_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary folder that becomes `out_dir` when the block completes (and is
-    removed when it fails). An existing non-empty `out_dir` is an InputError raised before
-    anything is written: nothing is ever overwritten."""
+    removed when it fails), its files readable by all (0644, folders 0755) whatever the
+    writers chose (safetensors writes 0600). An existing non-empty `out_dir` is an
+    InputError raised before anything is written: nothing is ever overwritten."""
     out = Path(out_dir).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: already exists and is not empty; choose a new output folder")
     with replaced_atomically(out) as tmp:
         tmp.mkdir()
         yield tmp
+        for folder, subfolders, files in os.walk(tmp):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o644)
 
 
 class PathKind(enum.Enum):

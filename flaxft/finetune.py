@@ -20,7 +20,7 @@ from flaxft import checkpoint, hf, optim, sharding
 from flaxft import config as config_lib
 from flaxft.contracts import HostBatch, Run
 from flaxft.data import Features, FinetuneLoader, concat_outputs, load_tokenizer
-from flaxft.data.tokenizer import copy_tokenizer_files, write_workdir_tokenizer
+from flaxft.data.tokenizer import copy_tokenizer_files
 from flaxft.errors import InputError
 from flaxft.files import PathKind, kind_of, write_text_atomically
 from flaxft.models import Family, ModelConfig, abstract_params, family_named, family_of
@@ -128,6 +128,6 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         train_loader=FinetuneLoader(task_data.train.arrays, config.global_batch_size, config.seed, **hosts),
         evaluation=WholeSplit(task, task_data.validation, eval_loader, workdir),
         init_params=checkpoint.init_params_for(workdir, config.init_from, model, config.seed),
-        write_files=functools.partial(write_workdir_tokenizer, write=functools.partial(copy_tokenizer_files,
-                                                                                        tokenizer_dir)),
+        write_files=checkpoint.run_files_writer(functools.partial(copy_tokenizer_files, tokenizer_dir),
+                                                config.init_from),
     )

@@ -13,6 +13,7 @@ drift apart. The family of a folder is its config.json `model_type`.
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,31 @@ def from_pretrained(
 # ----------------------------------------------------------------------------- writing
 
 
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
+
+
+def copy_sentence_transformers_files(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+    """Copies what makes Hugging Face folder `src` a sentence-transformers model (its
+    modules.json, the folders of the modules it lists, such as 1_Pooling/, and its
+    configs) into `dst`; False, copying nothing, when `src` has no modules.json."""
+    src, dst = Path(src), Path(dst)
+    if not (src / "modules.json").is_file():
+        return False
+    try:
+        modules = json.loads((src / "modules.json").read_text())
+        folders = [m["path"] for m in modules if m.get("path")]
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise InputError(f"{src / 'modules.json'}: not a sentence-transformers module list ({e})") from None
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    for folder in folders:
+        if (src / folder).is_dir():
+            shutil.copytree(src / folder, dst / folder, dirs_exist_ok=True)
+    return True
+
+
 def state_dict_from_params(params: dict, model: nn.Module) -> dict[str, np.ndarray]:
     """Hugging Face state dict (float32 numpy, tied decoder left out) of `model`'s params,
     in either layout."""
@@ -228,11 +254,13 @@ def state_dict_from_params(params: dict, model: nn.Module) -> dict[str, np.ndarr
 
 
 def save_pretrained(
-    model: nn.Module, params: dict, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None
+    model: nn.Module, params: dict, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+    sentence_transformers_dir: str | os.PathLike | None = None,
 ) -> None:
     """Writes a Hugging Face folder (config.json with `architectures`, model.safetensors,
-    and the tokenizer files found in `tokenizer_dir`) that `transformers.AutoModel*`
-    loads with no missing or unexpected weights.
+    the tokenizer files found in `tokenizer_dir`, and the sentence-transformers files
+    found in `sentence_transformers_dir`) that `transformers.AutoModel*` loads with no
+    missing or unexpected weights (and `SentenceTransformer` as the source was loaded).
 
     The folder appears whole or not at all; an existing non-empty `out_dir` is an
     InputError (nothing is overwritten).
@@ -246,3 +274,5 @@ def save_pretrained(
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer_dir is not None:
             copy_tokenizer_files(tokenizer_dir, tmp)
+        if sentence_transformers_dir is not None:
+            copy_sentence_transformers_files(sentence_transformers_dir, tmp)

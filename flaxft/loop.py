@@ -29,7 +29,7 @@ from flaxft import checkpoint, optim, report, sharding
 from flaxft.contracts import Batch, HostBatch, Run, Task
 from flaxft.files import PathKind, kind_of
 from flaxft.models.params import init_params
-from flaxft.preemption import Preemption
+from flaxft.preemption import Interrupted, Preemption
 
 
 class NonFiniteLoss(Exception):
@@ -100,7 +100,7 @@ def train_step(
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grads_and_metrics, first, rng))
         (grads, step_metrics), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(grad_accum_steps)))
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(step_metrics["loss"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -188,6 +188,8 @@ def train(run: Run) -> dict[str, float]:
     config, workdir = run.config, run.workdir
     ckpt = _checkpointer(config, workdir) if kind_of(workdir) is PathKind.WORKDIR else None
     latest = ckpt.latest_step() if ckpt is not None else None
+    if latest is not None:
+        _tell_what_changed(ckpt, latest, run)
     if latest is not None and latest >= config.num_train_steps:
         print(f"{workdir}: already trained to step {latest} of {config.num_train_steps}; nothing to do")
         run.train_loader.close()
@@ -196,10 +198,27 @@ def train(run: Run) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         with report.logs_to_file(report.log_file(workdir, jax.process_index())):
-            with run.mesh, nn.logical_axis_rules(run.rules):
+            with sharding.activated(run.mesh, run.rules):
                 return _train(run, ckpt)
     finally:
         run.train_loader.close()
+
+
+def _tell_what_changed(ckpt: checkpoint.TrainCheckpointer, step: int, run: Run) -> None:
+    """Before resuming (or finding nothing to do): InputError when the newest checkpoint
+    was written for another model; one line naming the other config keys that changed,
+    and one more when a changed num_train_steps changes the learning-rate schedule."""
+    ckpt.check_model(step, run.model)
+    saved = ckpt.saved_config(step)
+    if jax.process_index() != 0:
+        return
+    changes = report.config_changes(saved, run.config.to_dict())
+    if changes:
+        print(f"{ckpt.root / str(step)} was written with another config: {changes}")
+    before = saved.get("num_train_steps")
+    if before != run.config.num_train_steps and step < run.config.num_train_steps:
+        print(f"num_train_steps {before} -> {run.config.num_train_steps}: the learning-rate schedule now runs "
+              f"to step {run.config.num_train_steps}, so the rates from step {step} on differ from the first run's")
 
 
 def _checkpointer(config: ml_collections.ConfigDict, workdir: Path) -> checkpoint.TrainCheckpointer:
@@ -256,7 +275,7 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
               f"loads {config.global_batch_size // jax.process_count()} of {config.global_batch_size} rows per batch")
 
     writer = report.MetricsWriter(run.workdir, active=is_writer, purge_step=start + 1)
-    progress = report.ProgressBar(config.num_train_steps, start, active=is_writer)
+    progress = report.ProgressBar(config.num_train_steps, active=is_writer)
     log = StepLogger(config, writer, progress, start)
     stop = False
     try:
@@ -270,9 +289,10 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
                 stop = preemption.stop_at(done)
                 if done % config.eval_every_steps == 0 or final:
                     log.flush()
-                    evaluation = run.evaluation
-                    outputs = [_fetch(eval_fn(state.params, to_global(evaluation.batch(i))))
-                               for i in range(evaluation.num_batches)]
+                    evaluation, outputs = run.evaluation, []
+                    for i in range(evaluation.num_batches):
+                        progress.evaluating(i, evaluation.num_batches)
+                        outputs.append(_fetch(eval_fn(state.params, to_global(evaluation.batch(i)))))
                     eval_scalars = evaluation.score(outputs)
                     writer.write(done, eval_scalars)
                     progress.message(f"eval step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in eval_scalars.items()))
@@ -283,7 +303,8 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
                     ckpt.save(done, state, model, run.train_loader.state(), config.to_dict())
                 if stop:
                     ckpt.wait()
-                    progress.message(f"preempted: stopped at step {done}; checkpoint saved in {ckpt.root / str(done)}")
+                    why = "interrupted" if preemption.interrupted else "preempted"
+                    progress.message(f"{why}: stopped at step {done}; checkpoint saved in {ckpt.root / str(done)}")
                     break
         ckpt.wait()
     finally:
@@ -295,6 +316,8 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
     # Closed only after success: closing after a failed restore makes Orbax's background
     # threads print tracebacks over the one-line error.
     ckpt.close()
+    if stop and preemption.interrupted:
+        raise Interrupted(f"stopped at step {done} after Ctrl-C; the same command resumes from there")
     return log.last
 
 

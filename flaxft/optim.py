@@ -68,7 +68,7 @@ def fused_adamw(
         count = optax.safe_int32_increment(state.count)
         scale = 1.0
         if clip_norm > 0:
-            norm = optax.global_norm(grads)
+            norm = optax.tree.norm(grads)
             scale = jnp.where(norm < clip_norm, 1.0, clip_norm / norm)
         lr = learning_rate(state.count)
         correction1 = 1 - b1 ** count.astype(jnp.float32)

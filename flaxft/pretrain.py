@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from flaxft import checkpoint, data, optim, sharding
 from flaxft import config as config_lib
 from flaxft.contracts import HostBatch, Run
-from flaxft.data.tokenizer import copy_tokenizer_files, write_workdir_tokenizer
+from flaxft.data.tokenizer import copy_tokenizer_files
 from flaxft.errors import InputError
 from flaxft.files import TOKENIZER
 from flaxft.models import abstract_params, family_named
@@ -85,8 +85,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         config=config, workdir=workdir, task=task, model=model, tx=optim.make_optimizer(config), mesh=mesh,
         rules=rules, train_loader=train_loader, evaluation=MeanOverBatches(eval_loader, config.eval_batches),
         init_params=init_params,
-        write_files=(functools.partial(write_workdir_tokenizer, write=write_tokenizer)
-                     if write_tokenizer is not None else None),
+        write_files=checkpoint.run_files_writer(write_tokenizer, config.init_from),
     )
 
 

@@ -23,7 +23,8 @@ TENSORBOARD_DIR = "tensorboard"
 
 class MetricsWriter:
     """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to
-    TensorBoard. `active=False` (processes other than 0) makes every call a no-op."""
+    TensorBoard, grouped there as `train/<name>` and `eval/<name>` (metrics.jsonl keeps the
+    `eval_` prefix). `active=False` (processes other than 0) makes every call a no-op."""
 
     def __init__(self, workdir: str | os.PathLike, active: bool = True, purge_step: int | None = None):
         """purge_step: on resume, the first step not yet in the checkpoint; TensorBoard
@@ -44,7 +45,8 @@ class MetricsWriter:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
-                self._tb.add_scalar(key, value, step)
+                tag = f"eval/{key[len('eval_'):]}" if key.startswith("eval_") else f"train/{key}"
+                self._tb.add_scalar(tag, value, step)
         self._tb.flush()
 
     def close(self) -> None:
@@ -60,6 +62,21 @@ def _plain(value):
 def write_config(workdir: str | os.PathLike, config_dict: dict) -> None:
     """WORKDIR/config.json: the run's resolved config as indented JSON, keys sorted."""
     write_text_atomically(Path(workdir) / CONFIG_FILE, json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+
+
+def config_changes(saved: dict, current: dict, limit: int = 8) -> str:
+    """The keys (dotted) whose values differ between two config dicts, as one line
+    "key old -> new; ..." ("" when none; at most `limit` listed)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    old, new = flat(saved), flat(current)
+    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    more = f"; and {len(changed) - limit} more" if len(changed) > limit else ""
+    return "; ".join(changed[:limit]) + more
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
@@ -109,21 +126,29 @@ def plot_losses(workdir: str | os.PathLike) -> Path | None:
 
 class ProgressBar:
     """One console line: bar, step, ETA, loss and tokens/s; redrawn in place on a
-    terminal, printed as plain lines otherwise (logs, CI)."""
+    terminal, printed as plain lines otherwise (logs, CI). The ETA is measured from the
+    first update on, so compilation and the first step's warm-up do not count."""
 
-    def __init__(self, total_steps: int, start_step: int = 0, active: bool = True, stream=None):
-        self.total, self.start = total_steps, start_step
+    EVAL_QUIET_S = 5.0  # evaluation shows its progress once it has taken this long
+
+    def __init__(self, total_steps: int, active: bool = True, stream=None):
+        self.total = total_steps
         self.active = active
         self.stream = stream or sys.stdout
-        self.t0 = time.monotonic()
         self.tty = self.stream.isatty()
+        self._first: tuple[int, float] | None = None  # (step, time) of the first update
+        self._eval_start = self._eval_shown = 0.0
 
     def update(self, step: int, loss: float, tokens_per_sec: float) -> None:
         if not self.active:
             return
-        done = (step - self.start) / max(self.total - self.start, 1)
-        elapsed = time.monotonic() - self.t0
-        eta = elapsed / done * (1 - done) if done > 0 else float("nan")
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (step, now)
+        first_step, first_time = self._first
+        eta = float("nan")
+        if step > first_step:
+            eta = (now - first_time) / (step - first_step) * (self.total - step)
         width = 24
         bar = "#" * int(width * step / self.total) + "." * (width - int(width * step / self.total))
         line = (f"[{bar}] step {step}/{self.total}  ETA {_clock(eta)}  loss {loss:.4f}  "
@@ -132,6 +157,22 @@ class ProgressBar:
             self.stream.write("\r" + line + ("\n" if step >= self.total else ""))
         else:
             self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def evaluating(self, batch: int, num_batches: int) -> None:
+        """Called before each evaluation batch: shows "evaluating i/n" every few seconds
+        once the evaluation has run EVAL_QUIET_S seconds (in place on a terminal)."""
+        if not self.active:
+            return
+        now = time.monotonic()
+        if batch == 0:
+            self._eval_start = self._eval_shown = now
+            return
+        if now - self._eval_start < self.EVAL_QUIET_S or now - self._eval_shown < self.EVAL_QUIET_S:
+            return
+        self._eval_shown = now
+        line = f"evaluating: batch {batch}/{num_batches}, {_clock(now - self._eval_start)} so far"
+        self.stream.write("\r" + line if self.tty else line + "\n")
         self.stream.flush()
 
     def message(self, text: str) -> None:

@@ -7,7 +7,10 @@ units split). The batch is split over data x fsdp. The rules live in the config
 names and PartitionSpecs appear nowhere else.
 """
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -142,6 +145,18 @@ def check_fsdp_layout(abstract_params, param_shardings, mesh: Mesh) -> None:
                 f"config.mesh.fsdp={mesh.shape['fsdp']} but parameter {jax.tree_util.keystr(path)} "
                 f"({nbytes / 2**20:.1f} MiB) is replicated on every device: check config.mesh.rules"
             )
+
+
+@contextlib.contextmanager
+def activated(mesh: Mesh, rules: tuple) -> Iterator[None]:
+    """Makes `mesh` and the logical-axis `rules` current for the block (model code's
+    logical constraints resolve against them). jax deprecates `with mesh:` for
+    `jax.set_mesh`, but flax's logical constraints do not work under the latter yet (they
+    fail against its abstract mesh), so the deprecation warning is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*`with mesh:` context manager has been deprecated")
+        with mesh, nn.logical_axis_rules(rules):
+            yield
 
 
 def mesh_for(mesh_config: ml_collections.ConfigDict, abstract_params, global_batch_size: int,

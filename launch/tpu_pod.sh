@@ -20,10 +20,16 @@
 # software version (default tpu-ubuntu2204-base).
 set -euo pipefail
 
+usage="usage: $0 [--dry-run] NAME ZONE ACCELERATOR_TYPE -- <flaxft.main arguments>"
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  echo "$usage"
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 dry_run=0
 if [ "${1:-}" = "--dry-run" ]; then dry_run=1; shift; fi
 if [ $# -lt 4 ] || [ "$4" != "--" ]; then
-  echo "usage: $0 [--dry-run] NAME ZONE ACCELERATOR_TYPE -- <flaxft.main arguments>" >&2
+  echo "$usage" >&2
   exit 2
 fi
 name=$1 zone=$2 accelerator=$3

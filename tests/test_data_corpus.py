@@ -79,6 +79,13 @@ def test_missing_text_column_names_file_and_column(tmp_path, suffix):
         read_documents(str(path))
 
 
+def test_a_broken_json_line_is_named_by_its_line(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "fine"}\n\n{"text": "cut off\n{"text": "fine"}\n')
+    with pytest.raises(InputError, match=r"corpus\.jsonl': line 3 is not JSON"):
+        read_documents(str(path))
+
+
 def test_saved_dataset_and_dataset_dict(tmp_path):
     datasets.disable_progress_bars()
     dataset = datasets.Dataset.from_dict({"text": RECORDS, "label": [0, 1, 0]})

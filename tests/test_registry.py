@@ -47,9 +47,9 @@ def test_config_model_group_is_the_family_config():
     assert config.model.family == "bert"
     assert set(config.model.keys()) - {"family"} == {f.name for f in dataclasses.fields(BertConfig)} - {"id2label"}
     assert config_lib.model_config(config) == BertConfig()
-    config_lib.validate(config)
+    config_lib.validate(set_dotted(config, {"num_train_steps": 10}))
     with pytest.raises(InputError, match="config.model.family 'electron' is not one of"):
-        config_lib.validate(set_dotted(config_lib.default_config(), {"model.family": "electron"}))
+        config_lib.validate(set_dotted(config_lib.default_config(), {"num_train_steps": 10, "model.family": "electron"}))
     typo = config_lib.default_config()
     typo.model.hidden_sise = 3
     with pytest.raises(InputError, match="unknown config key config.model.hidden_sise"):

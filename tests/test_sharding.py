@@ -172,7 +172,7 @@ def _first_step(**overrides) -> tuple[dict, float]:
     mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
     tx, rng = optim.make_optimizer(config), jax.random.key(0)
     batch = bench.synthetic_batch(config, config.global_batch_size)
-    with mesh, nn.logical_axis_rules(rules):
+    with sharding.activated(mesh, rules):
         shardings, _ = loop.abstract_state(model, tx, mesh, rules, rng, config.seq_len)
         state = loop.init_train_state(model, tx, rng, config.seq_len, shardings)
         batch_sharding = sharding.batch_sharding(mesh)

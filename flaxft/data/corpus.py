@@ -206,18 +206,35 @@ def _read_file(file: Path, text_column: str) -> list[str]:
 def _read_records(file: Path, suffix: str, text_column: str) -> list[str]:
     import pandas as pd
 
+    if suffix in (".jsonl", ".json"):
+        return _read_json_lines(file, text_column)
     if suffix == ".parquet":
         frame = pd.read_parquet(file)
-    elif suffix == ".csv":
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
     else:
-        frame = pd.read_json(file, lines=True, dtype=False)
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
     if text_column not in frame.columns:
         raise InputError(
             f"corpus file {str(file)!r} has no text column {text_column!r} "
             f"(columns: {list(frame.columns)})"
         )
     return ["" if text is None else str(text) for text in frame[text_column].tolist()]
+
+
+def _read_json_lines(file: Path, text_column: str) -> list[str]:
+    """The `text_column` of every JSON object in a JSON-lines file; errors name the line."""
+    texts = []
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"corpus file {str(file)!r}: line {number} is not JSON ({e.msg})") from None
+            if not isinstance(record, dict) or text_column not in record:
+                raise InputError(f"corpus file {str(file)!r}: line {number} has no text column {text_column!r}")
+            texts.append("" if record[text_column] is None else str(record[text_column]))
+    return texts
 
 
 def _stdlib_sources() -> Iterator[Path]:

@@ -24,13 +24,13 @@ Splits are fixed by a CRC32 of each text (about one in five to validation).
 `python -m flaxft.tasks.demo_data OUT_DIR` writes all three under OUT_DIR/<task>/.
 """
 
+import argparse
 import collections
 import csv
 import functools
 import json
 import os
 import re
-import sys
 import sysconfig
 import zlib
 from pathlib import Path
@@ -316,12 +316,21 @@ def make_demo_data(out_dir: str | os.PathLike, tasks=TASKS) -> dict[str, dict[st
     return {task: make_task_data(task, Path(out_dir) / task) for task in tasks}
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        sys.exit("usage: python -m flaxft.tasks.demo_data OUT_DIR")
-    for task, paths in make_demo_data(argv[0]).items():
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flaxft.tasks.demo_data",
+        description="Writes the offline demo data of the fine-tuning tasks (from the standard library's "
+                    "docstrings) under OUT_DIR/<task>/.")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (made if missing)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
+    args = parser.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"--tasks: {unknown[0]!r} is not one of {', '.join(TASKS)}")
+    for task, paths in make_demo_data(args.out_dir, tasks).items():
         print(task, *(str(p) for p in paths.values()))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

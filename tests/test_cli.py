@@ -1,0 +1,83 @@
+"""What every entry point offers a newcomer: --help, --print_config, and the rule that
+the command line's run length wins over the config file's."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flaxft import config as config_lib
+from flaxft.errors import InputError
+from tests.tiny import set_dotted
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "entry, flags",
+    [
+        ("flaxft.main", ["--workdir", "--config", "--print_config", "--num_processes"]),
+        ("flaxft.bench", ["--config", "--what", "--steps", "--print_config"]),
+        ("flaxft.convert", ["import-hf", "export-hf", "verify"]),
+        ("flaxft.tasks.demo_data", ["OUT_DIR", "--tasks"]),
+    ],
+)
+def test_help_of_every_entry_point(entry, flags):
+    result = run("-m", entry, "--help")
+    assert result.returncode == 0, result.stderr
+    for flag in flags:
+        assert flag in result.stdout, (flag, result.stdout)
+    assert result.stderr == ""
+
+
+def test_launchers_have_help():
+    for script in ("launch/local.sh", "launch/tpu_pod.sh", "launch/slurm.sbatch"):
+        result = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stdout + result.stderr)
+
+
+def print_config(*overrides: str, config: str = "configs/finetune_classification.py") -> subprocess.CompletedProcess:
+    return run("-m", "flaxft.main", "--config", config, "--workdir", "unused", "--print_config", *overrides)
+
+
+def test_print_config_shows_the_resolved_config_and_runs_nothing():
+    result = print_config("--config.learning_rate=0.001", config="configs/pretrain_tiny.py")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["learning_rate"] == 0.001 and printed["model"]["family"] == "bert"
+    assert not (REPO / "unused").exists()
+
+
+def test_the_command_line_run_length_wins_and_both_is_an_error():
+    from_file = json.loads(print_config().stdout)
+    assert (from_file["task"]["epochs"], from_file["num_train_steps"]) == (3.0, 0)
+    steps = json.loads(print_config("--config.num_train_steps=10").stdout)
+    assert (steps["task"]["epochs"], steps["num_train_steps"]) == (0.0, 10)
+    epochs = json.loads(print_config("--config.task.epochs=1", config="configs/finetune_qa.py").stdout)
+    assert (epochs["task"]["epochs"], epochs["num_train_steps"]) == (1.0, 0)
+    both = print_config("--config.num_train_steps=10", "--config.task.epochs=2")
+    assert both.returncode == 2 and both.stdout == ""
+    assert both.stderr.strip() == ("error: config.num_train_steps (10) and config.task.epochs (2.0) are both set; "
+                                   "set one: a number of steps, or of passes over the training rows")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"num_train_steps": 0}, "config.num_train_steps must be set for pretraining"),
+        ({"num_train_steps": 5, "task.epochs": 1.0}, "config.task.epochs is for fine-tuning"),
+        ({"task.name": "ner"}, "fine-tuning needs config.num_train_steps or config.task.epochs"),
+        ({"task.name": "qa", "num_train_steps": 5, "task.epochs": 1.0}, "are both set"),
+    ],
+)
+def test_run_length_rules(values, message):
+    with pytest.raises(InputError, match=message):
+        config_lib.validate(set_dotted(config_lib.default_config(), values))
