@@ -15,6 +15,7 @@ import contextlib
 import functools
 import gc
 import os
+import re
 import sys
 import tempfile
 import time
@@ -161,6 +162,18 @@ def _first_line(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _os_error(error: BaseException) -> str:
+    """What the operating system said, when an OS error is behind `error` (Python's, or
+    TensorStore's `[os_error_code=N]`), else `_first_line(error)`."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"{seen.strerror}: {seen.filename}" if seen.filename else seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    return os.strerror(int(code.group(1))) if code else _first_line(error)
+
+
 @contextlib.contextmanager
 def _stderr_dropped_on_error(settle_s: float = 0.2):
     """Holds back what is written to stderr (fd 2) while the block runs: written out
@@ -276,7 +289,7 @@ class TrainCheckpointer:
         committed = [s for s in self.manager.all_steps() if s != step and (self.root / str(s)).is_dir()]
         newest = f"the newest complete checkpoint is {self.root / str(max(committed))}" if committed else (
             "no checkpoint was written before it")
-        cause = _first_line(error) if error is not None else "it was not committed"
+        cause = _os_error(error) if error is not None else "it was not committed"
         return SaveFailed(f"saving the checkpoint of step {step} failed ({cause}); {newest}")
 
     def restore_latest(self, target, model: nn.Module, fallback: bool):

@@ -21,6 +21,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "entry, flags",
     [

@@ -39,6 +39,20 @@ def test_import_export_verify_round_trip(tmp_path, minilm_dir):
     result = convert("verify", out)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "last_hidden_state" in result.stdout and "OK" in result.stdout
+    assert "Loading weights" not in result.stdout + result.stderr  # no progress bars of transformers
+
+    # MiniLM is a sentence-transformers model: the export keeps its pooling and normalization.
+    assert {"modules.json", "1_Pooling", "config_sentence_transformers.json"} <= {p.name for p in out.iterdir()}
+    from sentence_transformers import SentenceTransformer
+
+    sentences = ["The quick brown fox jumps over the lazy dog.", "Checkpoints that resume exactly.", "Short."]
+    original = SentenceTransformer(str(minilm_dir), device="cpu").encode(sentences)
+    exported = SentenceTransformer(str(out), device="cpu").encode(sentences)
+    np.testing.assert_allclose(exported, original, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(exported, axis=1), 1.0, atol=1e-5)
+    modes = {p.relative_to(out): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert all(mode == (0o755 if path.is_dir() else 0o644) for path, mode in
+               ((out / rel, m) for rel, m in modes.items())), modes
 
 
 @pytest.mark.slow
@@ -89,6 +103,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, hf_folder, case):
     spoil, needles = BAD_INPUTS[case]
@@ -98,6 +113,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, hf_folder, case):
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["hf"]
 
 
+@pytest.mark.slow
 def test_existing_output_is_never_overwritten(tmp_path, hf_folder):
     out = tmp_path / "taken"
     out.mkdir()
@@ -106,6 +122,7 @@ def test_existing_output_is_never_overwritten(tmp_path, hf_folder):
     assert os.listdir(out) == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_for_export(tmp_path):
     _assert_bad_input(convert("export-hf", tmp_path / "nowhere", tmp_path / "out"), "nowhere")
     assert not (tmp_path / "out").exists()

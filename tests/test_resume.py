@@ -7,9 +7,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -20,11 +17,19 @@ from flaxft import checkpoint, data, hf, loop, optim, report, sharding, train
 from flaxft import config as config_lib
 from flaxft.errors import InputError
 from flaxft.models import ARCHITECTURES
-from tests.tiny import losses, tiny_config, tiny_flags, write_corpus
+from tests.tiny import (
+    RUN,
+    logged_step,
+    losses,
+    run_main,
+    start_main,
+    steps_on_disk,
+    tiny_config,
+    wait_for,
+    write_corpus,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "workdir_v0"
-RUN = dict(num_train_steps=16, log_every_steps=1, eval_every_steps=16, checkpoint_every_steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -32,47 +37,20 @@ def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-def main_command(corpus, workdir, **overrides) -> list[str]:
-    return [sys.executable, "-m", "flaxft.main", *tiny_flags(corpus, **{**RUN, **overrides}), "--workdir", str(workdir)]
-
-
-def run_main(corpus, workdir, **overrides) -> subprocess.CompletedProcess:
-    return subprocess.run(main_command(corpus, workdir, **overrides), cwd=REPO, capture_output=True, text=True)
-
-
-def start_main(corpus, workdir, **overrides) -> subprocess.Popen:
-    return subprocess.Popen(main_command(corpus, workdir, **overrides), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(predicate, process, timeout=300.0, poll=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        assert process.poll() is None, f"run ended first: {process.stdout.read()[-2000:]}"
-        time.sleep(poll)
-    raise AssertionError("timed out")
-
-
-def logged_step(workdir) -> int:
-    records = report.read_metrics(workdir)
-    return max((r["step"] for r in records), default=0)
-
-
-def steps_on_disk(workdir) -> list[int]:
-    folder = Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
-
-
 @pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory) -> list[float]:
-    """Losses of the uninterrupted run."""
+def reference_workdir(corpus, tmp_path_factory) -> Path:
+    """The workdir of the uninterrupted run (finished: do not change it)."""
     workdir = tmp_path_factory.mktemp("reference")
     result = run_main(corpus, workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(losses(workdir)) == RUN["num_train_steps"]
-    return losses(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_workdir) -> list[float]:
+    """Losses of the uninterrupted run."""
+    return losses(reference_workdir)
 
 
 @pytest.mark.slow
@@ -86,10 +64,26 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, corpus,
     process.wait()
     where = f"killed after step {kill_after} (FLAXFT_KILL_SEED={seed})"
     assert logged_step(tmp_path) < RUN["num_train_steps"], where
+    assert (tmp_path / ".flaxft.lock").exists()  # SIGKILL left the workdir's lock behind
     result = run_main(corpus, tmp_path)
     assert result.returncode == 0, where + "\n" + result.stdout + result.stderr
+    assert f"was left by a run that is gone (pid {process.pid} on host" in result.stdout, where
     assert "resumed from step" in result.stdout, where
     assert losses(tmp_path) == reference, where
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_exits_130_and_resumes_bit_identically(tmp_path, corpus, reference):
+    process = start_main(corpus, tmp_path)
+    wait_for(lambda: logged_step(tmp_path) >= 6, process)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 130, out[-3000:]
+    stopped = int(out.split("interrupted: stopped at step ")[1].split(";")[0])
+    assert stopped in steps_on_disk(tmp_path) and "Traceback" not in out, out[-3000:]
+    result = run_main(corpus, tmp_path)
+    assert result.returncode == 0 and f"resumed from step {stopped}" in result.stdout, result.stdout
+    assert losses(tmp_path) == reference
 
 
 @pytest.mark.slow
@@ -157,12 +151,22 @@ def test_truncated_newest_checkpoint_with_and_without_fallback(tmp_path, corpus,
 
 
 @pytest.mark.slow
-def test_other_model_config_is_refused(tmp_path, corpus):
-    assert run_main(corpus, tmp_path, num_train_steps=4).returncode == 0
-    result = run_main(corpus, tmp_path, **{"model.intermediate_size": 48})
-    assert result.returncode == 2, result.stderr
-    assert "intermediate_size 64 != 48" in result.stderr and "checkpoints/4" in result.stderr
-    assert json.loads((tmp_path / "config.json").read_text())["model"]["intermediate_size"] == 64
+def test_a_finished_workdir_tells_what_changed(tmp_path, corpus, reference_workdir):
+    """Another model: exit 2 listing the fields (even though the run had finished);
+    other keys: named on one line; a longer run continues, saying the schedule changed."""
+    shutil.copytree(reference_workdir, tmp_path / "w")
+    workdir = tmp_path / "w"
+    result = run_main(corpus, workdir, **{"model.intermediate_size": 48})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "intermediate_size 64 != 48" in result.stderr and "checkpoints/16" in result.stderr
+    assert json.loads((workdir / "config.json").read_text())["model"]["intermediate_size"] == 64
+    result = run_main(corpus, workdir, learning_rate=0.001)
+    assert result.returncode == 0 and "already trained to step 16" in result.stdout
+    assert "written with another config: learning_rate 0.005 -> 0.001" in result.stdout
+    result = run_main(corpus, workdir, num_train_steps=18)
+    assert result.returncode == 0 and "resumed from step 16" in result.stdout, result.stdout + result.stderr
+    assert "num_train_steps 16 -> 18: the learning-rate schedule now runs to step 18" in result.stdout
+    assert [r["step"] for r in report.read_metrics(workdir) if "loss" in r] == list(range(1, 19))
 
 
 @pytest.mark.slow

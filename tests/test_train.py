@@ -108,6 +108,7 @@ def run_main(*args, cwd=REPO):
                           env=env, cwd=cwd)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, needle",
     [

@@ -1,6 +1,10 @@
-"""Tiny pretraining runs shared by the training, sharding and resume tests."""
+"""Tiny pretraining runs shared by the training, sharding, resume and operation tests:
+configs, and the CLI in real subprocesses."""
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from flaxft import config as config_lib
@@ -61,3 +65,40 @@ def tiny_flags(corpus: Path, **overrides) -> list[str]:
     walk(config, "")
     return ["--config", "configs/pretrain_tiny.py", *(f"--config.{k}={v}" for k, v in flat.items()
                                                       if not k.startswith("mesh.rules") and v is not None)]
+
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = dict(num_train_steps=16, log_every_steps=1, eval_every_steps=16, checkpoint_every_steps=4)
+
+
+def main_command(corpus, workdir, **overrides) -> list[str]:
+    return [sys.executable, "-m", "flaxft.main", *tiny_flags(corpus, **{**RUN, **overrides}), "--workdir", str(workdir)]
+
+
+def run_main(corpus, workdir, **overrides) -> subprocess.CompletedProcess:
+    return subprocess.run(main_command(corpus, workdir, **overrides), cwd=REPO, capture_output=True, text=True)
+
+
+def start_main(corpus, workdir, **overrides) -> subprocess.Popen:
+    return subprocess.Popen(main_command(corpus, workdir, **overrides), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, process, timeout=300.0, poll=0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, f"run ended first: {process.stdout.read()[-2000:]}"
+        time.sleep(poll)
+    raise AssertionError("timed out")
+
+
+def logged_step(workdir) -> int:
+    records = report.read_metrics(workdir)
+    return max((r["step"] for r in records), default=0)
+
+
+def steps_on_disk(workdir) -> list[int]:
+    folder = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
