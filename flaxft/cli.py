@@ -6,12 +6,13 @@ import contextlib
 import json
 import os
 import sys
+import threading
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from flaxft.errors import InputError, fail
+from flaxft.errors import InputError, before_exit, fail
 
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -86,6 +87,32 @@ def usage(doc: str) -> str:
             default = "" if flag.default is None else f" (default: {flag.default_as_str})"
             lines.append(f"  --{flag.name}: {flag.help}{default}")
     return "\n".join(lines)
+
+
+def drop_console_lines(prefix: bytes) -> None:
+    """Passes this process's stdout (fd 1, so native code's too) through a thread that
+    drops the lines starting with `prefix` (gloo's TCP transport prints one per connection,
+    and nothing turns that off). Until exit, stdout is a pipe (no in-place progress line)."""
+    console = os.dup(1)
+    read, write = os.pipe()
+    os.dup2(write, 1)
+    os.close(write)
+
+    def pump() -> None:
+        with os.fdopen(read, "rb") as lines:
+            for line in lines:
+                if not line.startswith(prefix):
+                    os.write(console, line)
+
+    thread = threading.Thread(target=pump, name="console-filter", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        sys.stdout.flush()
+        os.dup2(console, 1)  # closes the pipe's last write end: the pump drains it and ends
+        thread.join(timeout=5)
+
+    before_exit(stop)
 
 
 def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:

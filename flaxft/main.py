@@ -45,6 +45,7 @@ def init_distributed() -> None:
         if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
             fail(f"--process_id {_PROCESS_ID.value} is not in [0, {_NUM_PROCESSES.value})")
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        cli.drop_console_lines(b"[Gloo] ")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif int(os.environ.get("SLURM_NTASKS", 1)) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
         jax.distributed.initialize()
