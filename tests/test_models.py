@@ -57,8 +57,8 @@ def test_packed_row_gives_each_segment_its_own_outputs(scan_layers):
     np.testing.assert_allclose(out.pooler_output, alone_a.pooler_output, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", ["BertForPreTraining", "BertForMaskedLM"])
-@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("architecture", ["BertForPreTraining", pytest.param("BertForMaskedLM", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("scan_layers", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("packed", [False, True])
 def test_masked_positions_give_the_full_outputs_there(architecture, scan_layers, packed):
     """With masked_positions the last layer computes only those rows (and the pooled first

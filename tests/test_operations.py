@@ -1,7 +1,6 @@
 """Operating runs safely, with real processes and real filesystems: one run per workdir,
 workdirs that cannot work, a disk that fills up during a save."""
 
-import contextlib
 import os
 import subprocess
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flaxft import report
-from tests.tiny import RUN, logged_step, run_main, start_main, steps_on_disk, wait_for, write_corpus
+from tests.tiny import RUN, logged_step, run_main, start_main, tmpfs, wait_for, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -53,22 +52,6 @@ def test_a_workdir_that_cannot_be_one_exits_2_before_any_work(tmp_path, corpus, 
     assert (tmp_path / "taken").read_text() == "not a folder"
 
 
-@contextlib.contextmanager
-def tmpfs(mountpoint: Path, size: str, read_only: bool = False):
-    """A real, small tmpfs mounted at `mountpoint` for the block (skips where this
-    machine does not let the tests mount one)."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    options = f"size={size}" + (",ro" if read_only else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
 @pytest.mark.slow
 def test_a_read_only_workdir_exits_2_before_any_work(tmp_path, corpus):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as mount:
@@ -76,40 +59,6 @@ def test_a_read_only_workdir_exits_2_before_any_work(tmp_path, corpus):
             result = run_main(corpus, workdir)
             assert result.returncode == 2 and result.stdout == ""
             assert "Read-only file system" in one_error_line(result) and str(workdir) in result.stderr
-
-
-@pytest.mark.slow
-def test_a_disk_that_fills_during_a_save_stops_the_run_there_and_the_rerun_resumes(tmp_path, corpus):
-    """The disk fills right after checkpoint 4: the next save fails; the run stops at it
-    with exit 1 and one line naming the step and the OS error, checkpoint 4 stays intact,
-    and once there is room again the same command resumes and ends as an uninterrupted
-    run of the same config does."""
-    run = dict(num_train_steps=16, log_every_steps=16, checkpoint_every_steps=4, **{"checkpoint.keep": 10})
-    reference = tmp_path / "reference"
-    assert run_main(corpus, reference, **run).returncode == 0
-    with tmpfs(tmp_path / "disk", "48m") as disk:
-        workdir = disk / "work"
-        process = start_main(corpus, workdir, **run)
-        wait_for(lambda: steps_on_disk(workdir) == [4], process)
-        filler = disk / "filler"
-        with open(filler, "wb") as f, contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
-        out, _ = process.communicate(timeout=600)
-        assert process.returncode == 1, out[-3000:]
-        (line,) = [x for x in out.splitlines() if x.startswith("error: ")]
-        assert "saving the checkpoint of step " in line and "No space left on device" in line, line
-        newest = steps_on_disk(workdir)[-1]
-        assert f"the newest complete checkpoint is {workdir / 'checkpoints' / str(newest)}" in line
-        assert not any(x.startswith(("Traceback", "ERROR")) for x in out.splitlines()), out[-3000:]
-        filler.unlink()
-        again = run_main(corpus, workdir, **run)
-        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-        assert f"resumed from step {newest}" in again.stdout
-        by_step = lambda w: {r["step"]: r["loss"] for r in report.read_metrics(w) if "loss" in r}  # noqa: E731
-        resumed, uninterrupted = by_step(workdir), by_step(reference)
-        assert {s: resumed[s] for s in uninterrupted} == uninterrupted  # steps 1 and 16, bit for bit
 
 
 def test_stale_lock_of_a_process_that_is_gone_is_taken_over(tmp_path):

@@ -2,6 +2,7 @@
 SIGTERM, then the same command again; retention; corrupt checkpoints; NaN losses;
 restoring onto another mesh; init_from."""
 
+import contextlib
 import json
 import os
 import random
@@ -25,6 +26,7 @@ from tests.tiny import (
     start_main,
     steps_on_disk,
     tiny_config,
+    tmpfs,
     wait_for,
     write_corpus,
 )
@@ -271,3 +273,34 @@ def test_a_workdir_written_before_the_reshaped_core_resumes_bit_identically(tmp_
     assert timeless(report.read_metrics(workdir)) == timeless(reference)
     assert [r["step"] for r in reference if "eval_loss" in r] == [8, 16]
 
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_a_save_stops_the_run_there_and_the_rerun_resumes(tmp_path, corpus, reference):
+    """The disk (a real tmpfs) fills right after checkpoint 4: the next save fails; the run
+    stops at it with exit 1 and one line naming the step and the OS error, checkpoint 4
+    stays intact, and once there is room again the same command resumes and ends as the
+    uninterrupted run did (logging only at steps 1 and 16, so the checkpoint is the first
+    write that finds the disk full)."""
+    run = dict(log_every_steps=16)
+    with tmpfs(tmp_path / "disk", "48m") as disk:
+        workdir = disk / "work"
+        process = start_main(corpus, workdir, **run)
+        wait_for(lambda: steps_on_disk(workdir) == [4], process)
+        filler = disk / "filler"
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        out, _ = process.communicate(timeout=600)
+        assert process.returncode == 1, out[-3000:]
+        (line,) = [x for x in out.splitlines() if x.startswith("error: ")]
+        assert "saving the checkpoint of step " in line and "No space left on device" in line, line
+        newest = steps_on_disk(workdir)[-1]
+        assert f"the newest complete checkpoint is {workdir / 'checkpoints' / str(newest)}" in line
+        assert not any(x.startswith(("Traceback", "ERROR")) for x in out.splitlines()), out[-3000:]
+        filler.unlink()
+        again = run_main(corpus, workdir, **run)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert f"resumed from step {newest}" in again.stdout
+        resumed = {r["step"]: r["loss"] for r in report.read_metrics(workdir) if "loss" in r}
+        assert (resumed[1], resumed[16]) == (reference[0], reference[15])  # bit for bit

@@ -1,11 +1,14 @@
 """Tiny pretraining runs shared by the training, sharding, resume and operation tests:
 configs, and the CLI in real subprocesses."""
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from flaxft import config as config_lib
 from flaxft import report
@@ -102,3 +105,19 @@ def logged_step(workdir) -> int:
 def steps_on_disk(workdir) -> list[int]:
     folder = Path(workdir) / "checkpoints"
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size: str, read_only: bool = False):
+    """A real, small tmpfs mounted at `mountpoint` for the block (skips where this
+    machine does not let the tests mount one)."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
