@@ -148,10 +148,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise InputError(f"config.data.eval_fraction must be in (0, 1), got {config.data.eval_fraction}")
     sharding.logical_rules(config.mesh)
     model = model_config(config)
-    if config.seq_len > model.max_position_embeddings:
+    if config.seq_len > model.max_seq_len:
         raise InputError(
-            f"config.seq_len ({config.seq_len}) is above config.model.max_position_embeddings "
-            f"({model.max_position_embeddings})"
+            f"config.seq_len ({config.seq_len}) is above what config.model.max_position_embeddings "
+            f"({model.max_position_embeddings}) allows ({model.max_seq_len})"
         )
     if config.global_batch_size % config.grad_accum_steps:
         raise InputError(

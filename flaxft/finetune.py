@@ -112,9 +112,9 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     if model.config.vocab_size < tokenizer.get_vocab_size():
         raise InputError(f"{tokenizer_dir}: {tokenizer.get_vocab_size()} tokens but the model has "
                          f"{model.config.vocab_size}")
-    if config.seq_len > model.config.max_position_embeddings:
-        raise InputError(f"config.seq_len ({config.seq_len}) is above the model's max_position_embeddings "
-                         f"({model.config.max_position_embeddings})")
+    if config.seq_len > model.config.max_seq_len:
+        raise InputError(f"config.seq_len ({config.seq_len}) is above what the model's max_position_embeddings "
+                         f"({model.config.max_position_embeddings}) allows ({model.config.max_seq_len})")
     if config.task.epochs:  # the run's length in passes over the training rows
         config = config.copy_and_resolve_references()
         config.num_train_steps = math.ceil(config.task.epochs * len(task_data.train) / config.global_batch_size)

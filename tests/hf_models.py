@@ -1,5 +1,5 @@
-"""Random Hugging Face BERT folders for tests: every weight perturbed, so a mix-up of any
-two tensors (or a bias left at zero) shows in the outputs."""
+"""Random Hugging Face model folders for tests, of every family flaxft reads: every weight
+perturbed, so a mix-up of any two tensors (or a bias left at zero) shows in the outputs."""
 
 import numpy as np
 import torch
@@ -18,12 +18,41 @@ CONFIGS = {
 }
 
 
+# Per family: small configurations with odd sizes, each exercising something different.
+FAMILY_CONFIGS = {
+    "bert": CONFIGS,
+    "roberta": {
+        "gelu_h36_pad1": dict(vocab_size=99, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
+                              intermediate_size=37, max_position_embeddings=40, type_vocab_size=1, pad_token_id=1,
+                              layer_norm_eps=1e-5, num_labels=3),
+        "relu_h20_pad3_untied_two_types": dict(
+            vocab_size=71, hidden_size=20, num_hidden_layers=3, num_attention_heads=5, intermediate_size=13,
+            hidden_act="relu", max_position_embeddings=33, type_vocab_size=2, pad_token_id=3,
+            tie_word_embeddings=False, num_labels=1),
+    },
+    "electra": {
+        "e20_h36": dict(vocab_size=99, embedding_size=20, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
+                        intermediate_size=37, max_position_embeddings=40, num_labels=3),
+        "e32_h32_untied_relu": dict(vocab_size=71, embedding_size=32, hidden_size=32, num_hidden_layers=1,
+                                    num_attention_heads=4, intermediate_size=48, hidden_act="relu",
+                                    max_position_embeddings=24, type_vocab_size=3, tie_word_embeddings=False,
+                                    num_labels=1),
+    },
+    "xlm_roberta": {
+        "gelu_new_h32": dict(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                             intermediate_size=48, hidden_act="gelu_new", max_position_embeddings=24,
+                             type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5, num_labels=5),
+    },
+}
+
+
 def random_hf_model(architecture: str, config: dict, seed: int = 0) -> torch.nn.Module:
     """A transformers model of `architecture` with every parameter randomised."""
-    if architecture == "BertForQuestionAnswering":  # transformers sizes qa_outputs by num_labels
+    if architecture.endswith("ForQuestionAnswering"):  # transformers sizes qa_outputs by num_labels
         config = {**config, "num_labels": 2}
     torch.manual_seed(seed)
-    model = getattr(transformers, architecture)(transformers.BertConfig(**config)).eval()
+    model_class = getattr(transformers, architecture)
+    model = model_class(model_class.config_class(**config)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -37,12 +66,17 @@ def save_random_hf_model(folder, architecture: str, config: dict, seed: int = 0)
 
 
 def padded_batch(config: dict, batch: int = 3, length: int = 13, seed: int = 1) -> dict[str, np.ndarray]:
-    """input_ids, attention_mask (rows padded to different lengths), token_type_ids; [batch, length]."""
+    """input_ids (pad_token_id after each row's length), attention_mask (rows padded to
+    different lengths), token_type_ids (two types where the model has them); [batch, length]."""
     rng = np.random.default_rng(seed)
+    pad = config.get("pad_token_id", 0)
     ids = rng.integers(0, config["vocab_size"], (batch, length))
+    ids = np.where(ids == pad, (pad + 1) % config["vocab_size"], ids)  # the pad id only on padding
     lengths = np.array([length, length - 4, 3][:batch])
     mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
+    ids = np.where(mask > 0, ids, pad)
     types = ((np.arange(length)[None] >= lengths[:, None] // 2) & (mask > 0)).astype(np.int64)
+    types = np.minimum(types, config.get("type_vocab_size", 2) - 1)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
@@ -53,7 +87,7 @@ def torch_outputs(model: torch.nn.Module, batch: dict) -> dict[str, np.ndarray]:
     names = {
         "prediction_logits": "mlm_logits",
         "seq_relationship_logits": "nsp_logits",
-        "logits": "mlm_logits" if type(model).__name__ == "BertForMaskedLM" else "logits",
+        "logits": "mlm_logits" if type(model).__name__.endswith("ForMaskedLM") else "logits",
         "start_logits": "start_logits",
         "end_logits": "end_logits",
         "last_hidden_state": "last_hidden_state",

@@ -1,6 +1,8 @@
 """Model behaviour that transformers does not cover: packed segments, masked-only MLM
 logits, attention dropout, logical axis names, remat."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from flaxft.models.attention import attention_with_dropout
 from flaxft.models.dropout import dropout, random_bits16
 from flaxft.models.layers import segment_positions
 from flaxft.models.params import restack
+from flaxft.models.roberta import RobertaConfig, RobertaForMaskedLM, RobertaModule, XLMRobertaForSequenceClassification
 
 CONFIG = BertConfig(
     vocab_size=101, hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
@@ -141,9 +144,14 @@ def test_training_mode_uses_dropout_and_eval_does_not():
 
 
 def test_every_parameter_has_logical_axis_names():
+    """Of every head of every family, in both layer layouts."""
+    sizes = {f.name: getattr(CONFIG, f.name) for f in dataclasses.fields(CONFIG) if f.name in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "max_position_embeddings")}
     for scan_layers in (False, True):
         for name, cls in ARCHITECTURES.items():
-            model = cls(CONFIG.replace(scan_layers=scan_layers))
+            config_class = family_of(name).config_class
+            model = cls(config_class(**sizes, scan_layers=scan_layers))
             declared = set(family_of(model).logical_axes)
             assert declared <= set(LOGICAL_AXES), declared
             boxed = jax.eval_shape(lambda m=model: init_params(m, jax.random.key(0)))
@@ -198,3 +206,38 @@ def test_config_rejects_bad_values():
     with pytest.raises(InputError, match="unknown model config"):
         BertConfig.from_dict({**CONFIG.to_dict(), "hiddn_size": 3})
     assert BertConfig.from_dict(CONFIG.to_dict()) == CONFIG
+
+
+ROBERTA = RobertaConfig(vocab_size=101, hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=40, max_position_embeddings=40, pad_token_id=1, num_labels=3)
+
+
+def test_roberta_positions_start_after_the_padding_index_and_restart_per_segment():
+    module = RobertaModule(ROBERTA, add_pooling_layer=False)
+    ids = jnp.array([[0, 7, 1, 9, 2, 1, 1]])  # a pad id (1) inside the row counts as padding, as in transformers
+    positions = module.apply({}, ids, None, method=RobertaModule.default_position_ids)
+    np.testing.assert_array_equal(positions, [[2, 3, 1, 4, 5, 1, 1]])
+    segments = jnp.array([[1, 1, 1, 2, 2, 0, 0]])
+    positions = module.apply({}, ids, segments, method=RobertaModule.default_position_ids)
+    np.testing.assert_array_equal(positions, [[2, 3, 4, 2, 3, 1, 1]])
+
+
+def test_packed_roberta_rows_give_each_segment_its_own_outputs():
+    """Two sequences packed in one row encode, score the vocabulary and classify (on each
+    segment's first token) exactly as each one alone."""
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(3, 101, 7), rng.integers(3, 101, 5)
+    packed = {"input_ids": np.r_[a, b, [1, 1]][None], "segment_ids": np.r_[np.ones(7, int), 2 * np.ones(5, int), [0, 0]][None]}
+    for model in (RobertaForMaskedLM(ROBERTA), XLMRobertaForSequenceClassification(ROBERTA)):
+        params = _params(model)
+        apply = jax.jit(model.apply)
+        if isinstance(model, RobertaForMaskedLM):
+            out = apply({"params": params}, **packed)
+            for seq, start in ((a, 0), (b, 7)):
+                alone = apply({"params": params}, seq[None])
+                np.testing.assert_allclose(out.mlm_logits[0, start:start + len(seq)], alone.mlm_logits[0], atol=1e-5)
+        else:
+            out = apply({"params": params}, **packed, cls_positions=np.array([[0, 7]]))
+            assert out.logits.shape == (1, 2, 3)
+            for k, seq in enumerate((a, b)):
+                np.testing.assert_allclose(out.logits[0, k], apply({"params": params}, seq[None]).logits[0], atol=1e-5)

@@ -261,8 +261,10 @@ def test_stderr_during_a_restore_is_replayed_on_success_and_dropped_on_failure(c
 
 def test_a_workdir_written_before_the_reshaped_core_resumes_bit_identically(tmp_path):
     """tests/fixtures/workdir_v0 was written by the code before issue 13 (a run stopped
-    after saving step 8 of 16): the current code resumes it and logs exactly what the old
-    code logged for steps 9-16, evaluation included."""
+    after saving step 8 of 16): the current code resumes it and logs what the old code
+    logged for steps 9-16, evaluation included. Equal up to float rounding: XLA:CPU's
+    code for another CPU model may round the last bit differently (bit-identical resume
+    on one machine is checked by the other resume tests)."""
     workdir = tmp_path / "workdir"
     shutil.copytree(FIXTURE / "workdir", workdir)
     config = tiny_config(FIXTURE / "docs.jsonl", num_train_steps=16, log_every_steps=1, eval_every_steps=8,
@@ -270,7 +272,10 @@ def test_a_workdir_written_before_the_reshaped_core_resumes_bit_identically(tmp_
     train.run(config, str(workdir))
     timeless = lambda records: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in records]  # noqa: E731
     reference = [json.loads(line) for line in (FIXTURE / "reference_metrics.jsonl").read_text().splitlines()]
-    assert timeless(report.read_metrics(workdir)) == timeless(reference)
+    got, want = timeless(report.read_metrics(workdir)), timeless(reference)
+    assert [sorted(r) for r in got] == [sorted(r) for r in want]
+    for got_record, want_record in zip(got, want):
+        assert got_record == pytest.approx(want_record, rel=1e-6, abs=1e-7), got_record["step"]
     assert [r["step"] for r in reference if "eval_loss" in r] == [8, 16]
 
 

@@ -30,6 +30,7 @@ HEAD_ROLES = (
     "encoder",  # bare encoder: last_hidden_state (and pooler_output where the family has one)
     "pretraining",  # the family's own pretraining heads (BERT: masked LM + next sentence)
     "masked_lm",
+    "replaced_token_detection",  # ELECTRA's discriminator: per-token logits, replaced or not
     "sequence_classification",
     "token_classification",
     "question_answering",
@@ -105,6 +106,11 @@ class ModelConfig:
             raise InputError(
                 f"model.id2label has {len(self.id2label)} names but model.num_labels is {self.num_labels}"
             )
+
+    @property
+    def max_seq_len(self) -> int:
+        """The longest row the position embeddings allow."""
+        return self.max_position_embeddings
 
     @property
     def compute_dtype(self) -> jnp.dtype:

@@ -118,11 +118,11 @@ def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
     )
 
 
-def embed(config: ModelConfig, rows: int, axis: str, name: str) -> nn.Embed:
-    """An embedding table [rows, D] whose rows carry logical axis `axis`."""
+def embed(config: ModelConfig, rows: int, axis: str, name: str, features: int | None = None) -> nn.Embed:
+    """An embedding table [rows, features] (default: D) whose rows carry logical axis `axis`."""
     return nn.Embed(
         rows,
-        config.hidden_size,
+        features or config.hidden_size,
         dtype=config.compute_dtype,
         param_dtype=config.weights_dtype,
         embedding_init=nn.with_logical_partitioning(

@@ -4,10 +4,12 @@ architecture. Adding a family is one line here (see docs/adding_a_family.md)."""
 import flax.linen as nn
 
 from flaxft.errors import InputError
-from flaxft.models import bert
+from flaxft.models import bert, electra, roberta
 from flaxft.models.family import Family
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (bert.FAMILY,)}
+FAMILIES: dict[str, Family] = {
+    family.name: family for family in (bert.FAMILY, roberta.FAMILY, roberta.XLM_ROBERTA_FAMILY, electra.FAMILY)
+}
 
 # Every head of every family, by transformers architecture name (unique across families).
 ARCHITECTURES: dict[str, type[nn.Module]] = {

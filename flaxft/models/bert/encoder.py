@@ -22,26 +22,24 @@ Array = jax.Array
 
 
 class BertEmbeddings(nn.Module):
-    """Word + position + token type embeddings, LayerNorm, dropout."""
+    """Word + position + token type embeddings, LayerNorm, dropout; `features` wide
+    (default: hidden_size; ELECTRA's are embedding_size)."""
 
     config: BertConfig
+    features: int | None = None
 
     def setup(self):
-        cfg = self.config
-        self.word_embeddings = embed(cfg, cfg.vocab_size, "vocab", "word_embeddings")
-        self.position_embeddings = embed(
-            cfg, cfg.max_position_embeddings, "position", "position_embeddings"
-        )
-        self.token_type_embeddings = embed(
-            cfg, cfg.type_vocab_size, "token_type", "token_type_embeddings"
-        )
+        cfg, width = self.config, self.features
+        self.word_embeddings = embed(cfg, cfg.vocab_size, "vocab", "word_embeddings", width)
+        self.position_embeddings = embed(cfg, cfg.max_position_embeddings, "position", "position_embeddings", width)
+        self.token_type_embeddings = embed(cfg, cfg.type_vocab_size, "token_type", "token_type_embeddings", width)
         self.LayerNorm = layer_norm(cfg, "LayerNorm")
         self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def __call__(
         self, input_ids_BL: Array, token_type_ids_BL: Array, position_ids_BL: Array, deterministic: bool
     ) -> Array:
-        """Returns embeddings [B, L, D]."""
+        """Returns embeddings [B, L, features]."""
         x_BLD = (
             self.word_embeddings(input_ids_BL)
             + self.position_embeddings(position_ids_BL)
@@ -161,7 +159,10 @@ class BertEncoder(nn.Module):
 
 
 class BertModule(nn.Module):
-    """Embeddings, encoder and (optionally) the tanh pooler over the first token."""
+    """Embeddings, encoder and (optionally) the tanh pooler over the first token.
+
+    Families built on BERT's encoder (RoBERTa, ELECTRA) subclass it and override
+    `default_position_ids` and `embed`."""
 
     config: BertConfig
     add_pooling_layer: bool = True
@@ -204,12 +205,8 @@ class BertModule(nn.Module):
         if token_type_ids_BL is None:
             token_type_ids_BL = jnp.zeros_like(input_ids_BL)
         if position_ids_BL is None:
-            position_ids_BL = (
-                segment_positions(segment_ids_BL)
-                if segment_ids_BL is not None
-                else jnp.broadcast_to(jnp.arange(input_ids_BL.shape[1]), input_ids_BL.shape)
-            )
-        x_BLD = self.embeddings(input_ids_BL, token_type_ids_BL, position_ids_BL, deterministic)
+            position_ids_BL = self.default_position_ids(input_ids_BL, segment_ids_BL)
+        x_BLD = self.embed(input_ids_BL, token_type_ids_BL, position_ids_BL, deterministic)
         mask_B1LL = attention_mask_B1LL(attention_mask_BL, segment_ids_BL)
         if not self.add_pooling_layer:
             if cls_positions_BK is not None:
@@ -229,6 +226,17 @@ class BertModule(nn.Module):
         if cls_positions_BK is None:
             pooled_BKD = pooled_BKD[:, 0]
         return EncoderOutput(last_hidden_state=hidden_BLD, pooler_output=pooled_BKD)
+
+    def default_position_ids(self, input_ids_BL: Array, segment_ids_BL: Array | None) -> Array:
+        """0..L-1, restarting at 0 in each packed segment. [B, L]."""
+        if segment_ids_BL is not None:
+            return segment_positions(segment_ids_BL)
+        return jnp.broadcast_to(jnp.arange(input_ids_BL.shape[1]), input_ids_BL.shape)
+
+    def embed(self, input_ids_BL: Array, token_type_ids_BL: Array, position_ids_BL: Array,
+              deterministic: bool) -> Array:
+        """The encoder's input [B, L, D]."""
+        return self.embeddings(input_ids_BL, token_type_ids_BL, position_ids_BL, deterministic)
 
     def attend(self, x_BMD: Array) -> Array:
         """Scores against the word embeddings (the tied MLM decoder). [B, M, V]."""

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 
 from flaxft.models.bert.configuration import BertConfig
 from flaxft.models.bert.encoder import BertModule
-from flaxft.models.dropout import Dropout
-from flaxft.models.family import EncoderOutput
+from flaxft.models.heads import EncoderWithHead, QuestionAnswering, TokenClassification
 from flaxft.models.layers import activation, dense, layer_norm
 
 Array = jax.Array
@@ -51,64 +50,11 @@ class BertMLMHead(nn.Module):
         )
 
 
-class _BertWithHead(nn.Module):
-    """Shared plumbing: the encoder under `bert`, one call signature, a `head` per subclass."""
+class _BertWithHead(EncoderWithHead):
+    """BERT's heads keep the encoder under `bert`."""
 
-    config: BertConfig
-    add_pooling_layer = True
-    has_mlm_head = False
-
-    def setup(self):
-        self.bert = BertModule(self.config, add_pooling_layer=self.add_pooling_layer)
-        self.setup_head()
-
-    def setup_head(self):
-        """Creates the head's submodules."""
-
-    def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        position_ids: Array | None = None,
-        segment_ids: Array | None = None,
-        masked_positions: Array | None = None,
-        deterministic: bool = True,
-        cls_positions: Array | None = None,
-    ) -> EncoderOutput:
-        """Encodes input_ids [B, L] and applies the head.
-
-        attention_mask, token_type_ids, position_ids, segment_ids: [B, L], see
-        `BertModule.__call__`. masked_positions [B, M]: MLM heads score the vocabulary
-        only there (mlm_logits [B, M, V]; last_hidden_state is then [B, M, D] and the last
-        layer computes only those rows); without it, at every position ([B, L, V]).
-        deterministic: False turns dropout on (needs a "dropout" rng).
-        cls_positions [B, K]: first token of each packed segment; heads on the pooler then
-        give one output per segment (sequence classification: logits [B, K, num_labels]).
-        """
-        if masked_positions is not None and not self.has_mlm_head:
-            raise ValueError(f"{type(self).__name__} has no MLM head to take masked_positions")
-        out = self.bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            segment_ids,
-            deterministic,
-            cls_positions,
-            output_positions_BM=masked_positions,
-        )
-        return self.head(out, deterministic)
-
-    def head(self, out: EncoderOutput, deterministic: bool) -> EncoderOutput:
-        return out
-
-    def setup_classifier(self):
-        """Dropout (classifier_dropout, else hidden_dropout_prob) and a D -> num_labels dense."""
-        cfg = self.config
-        rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
-        self.dropout = Dropout(rate)
-        self.classifier = dense(cfg, cfg.num_labels, ("embed", "classes"), ("classes",), "classifier")
+    encoder_key = "bert"
+    encoder_class = BertModule
 
 
 class BertModel(_BertWithHead):
@@ -124,7 +70,7 @@ class BertForPreTraining(_BertWithHead):
         self.mlm = BertMLMHead(self.config)
         self.nsp = dense(self.config, 2, ("embed", "classes"), ("classes",), "nsp")
 
-    def head(self, out, deterministic):
+    def head(self, out, deterministic, cls_positions):
         nsp_B2 = self.nsp(out.pooler_output).astype(jnp.float32)
         return out.replace(mlm_logits=self.mlm(out.last_hidden_state, self.bert), nsp_logits=nsp_B2)
 
@@ -138,7 +84,7 @@ class BertForMaskedLM(_BertWithHead):
     def setup_head(self):
         self.mlm = BertMLMHead(self.config)
 
-    def head(self, out, deterministic):
+    def head(self, out, deterministic, cls_positions):
         return out.replace(mlm_logits=self.mlm(out.last_hidden_state, self.bert))
 
 
@@ -149,32 +95,14 @@ class BertForSequenceClassification(_BertWithHead):
     def setup_head(self):
         self.setup_classifier()
 
-    def head(self, out, deterministic):
+    def head(self, out, deterministic, cls_positions):
         pooled_BD = self.dropout(out.pooler_output, deterministic)
         return out.replace(logits=self.classifier(pooled_BD).astype(jnp.float32))
 
 
-class BertForTokenClassification(_BertWithHead):
+class BertForTokenClassification(_BertWithHead, TokenClassification):
     """A label per token: logits [B, L, num_labels]."""
 
-    add_pooling_layer = False
 
-    def setup_head(self):
-        self.setup_classifier()
-
-    def head(self, out, deterministic):
-        x_BLD = self.dropout(out.last_hidden_state, deterministic)
-        return out.replace(logits=self.classifier(x_BLD).astype(jnp.float32))
-
-
-class BertForQuestionAnswering(_BertWithHead):
+class BertForQuestionAnswering(_BertWithHead, QuestionAnswering):
     """Span scores: start_logits and end_logits [B, L]."""
-
-    add_pooling_layer = False
-
-    def setup_head(self):
-        self.qa_outputs = dense(self.config, 2, ("embed", "classes"), ("classes",), "qa_outputs")
-
-    def head(self, out, deterministic):
-        logits_BL2 = self.qa_outputs(out.last_hidden_state).astype(jnp.float32)
-        return out.replace(start_logits=logits_BL2[..., 0], end_logits=logits_BL2[..., 1])

@@ -19,38 +19,40 @@ HEADS_OF = {
 }
 HAS_POOLER = {"BertModel", "BertForPreTraining", "BertForSequenceClassification"}
 # Buffers that checkpoints may hold but that are not parameters.
-_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 _TIED_DECODER = "cls.predictions.decoder.weight"
 _DECODER_BIAS = "cls.predictions.decoder.bias"
 
 
-def _same(x):
+def same(x):
     return x
 
 
-def _transpose(x):
+def transpose(x):
     return x.T
 
 
-def linear(path: tuple[str, ...], hf: str, kernel=(_transpose, _transpose), bias=(_same, _same)) -> list[Weight]:
+def linear(path: tuple[str, ...], hf: str, kernel=(transpose, transpose), bias=(same, same)) -> list[Weight]:
     """A torch Linear: weight [out, in] is the transposed flax kernel [in, out]."""
     return [Weight(path + ("kernel",), hf + ".weight", *kernel), Weight(path + ("bias",), hf + ".bias", *bias)]
 
 
 def norm(path: tuple[str, ...], hf: str) -> list[Weight]:
     """A torch LayerNorm: weight and bias are the flax scale and bias."""
-    return [Weight(path + ("scale",), hf + ".weight", _same, _same), Weight(path + ("bias",), hf + ".bias", _same, _same)]
+    return [Weight(path + ("scale",), hf + ".weight", same, same), Weight(path + ("bias",), hf + ".bias", same, same)]
 
 
-def weight_table(config: BertConfig, architecture: str) -> list[Weight]:
-    """Every parameter of `architecture` in the unrolled layout, in a fixed order."""
+def encoder_weights(config: BertConfig, key: str, with_pooler: bool) -> list[Weight]:
+    """The embeddings, every layer and (`with_pooler`) the pooler of a BERT-style encoder
+    kept under params[key], named as transformers names them (without the base prefix);
+    RoBERTa's and ELECTRA's encoders are these too."""
     d, n, h = config.hidden_size, config.num_attention_heads, config.head_dim
     split_heads = (lambda k: k.reshape(d, n * h).T, lambda w: w.T.reshape(d, n, h))
     split_bias = (lambda b: b.reshape(n * h), lambda b: b.reshape(n, h))
     merge_heads = (lambda k: k.reshape(n * h, d).T, lambda w: w.T.reshape(n, h, d))
 
     table = [
-        Weight(("embeddings", f"{name}_embeddings", "embedding"), f"embeddings.{name}_embeddings.weight", _same, _same)
+        Weight(("embeddings", f"{name}_embeddings", "embedding"), f"embeddings.{name}_embeddings.weight", same, same)
         for name in ("word", "position", "token_type")
     ]
     table += norm(("embeddings", "LayerNorm"), "embeddings.LayerNorm")
@@ -63,10 +65,14 @@ def weight_table(config: BertConfig, architecture: str) -> list[Weight]:
         table += linear(flax_layer + ("mlp", "intermediate"), f"{hf_layer}.intermediate.dense")
         table += linear(flax_layer + ("mlp", "output"), f"{hf_layer}.output.dense")
         table += norm(flax_layer + ("mlp", "LayerNorm"), f"{hf_layer}.output.LayerNorm")
-    if architecture in HAS_POOLER:
+    if with_pooler:
         table += linear(("pooler",), "pooler.dense")
-    table = [dataclasses.replace(w, path=("bert",) + w.path) for w in table]
+    return [dataclasses.replace(w, path=(key,) + w.path) for w in table]
 
+
+def weight_table(config: BertConfig, architecture: str) -> list[Weight]:
+    """Every parameter of `architecture` in the unrolled layout, in a fixed order."""
+    table = encoder_weights(config, "bert", architecture in HAS_POOLER)
     heads = {
         "mlm": linear(("mlm", "transform"), "cls.predictions.transform.dense")
         + norm(("mlm", "LayerNorm"), "cls.predictions.transform.LayerNorm")
@@ -87,10 +93,10 @@ def _mlm_decoder(config: BertConfig) -> list[Weight]:
     when the embeddings are untied the decoder's own bias is the one its forward uses.
     """
     if config.tie_word_embeddings:
-        return [Weight(("mlm", "bias"), "cls.predictions.bias", _same, _same)]
+        return [Weight(("mlm", "bias"), "cls.predictions.bias", same, same)]
     return [
-        Weight(("mlm", "decoder", "kernel"), _TIED_DECODER, _transpose, _transpose),
-        Weight(("mlm", "bias"), _DECODER_BIAS, _same, _same),
+        Weight(("mlm", "decoder", "kernel"), _TIED_DECODER, transpose, transpose),
+        Weight(("mlm", "bias"), _DECODER_BIAS, same, same),
     ]
 
 
@@ -110,7 +116,7 @@ def config_extras(config: BertConfig, architecture: str) -> dict[str, Any]:
 
 def read_aliases(tensors: dict[str, Any], config: BertConfig) -> dict[str, Any]:
     """Drops buffers and the tied decoder copy; a tied model's decoder bias is the MLM bias."""
-    tensors = {k: v for k, v in tensors.items() if k not in _BUFFERS}
+    tensors = {k: v for k, v in tensors.items() if k not in BUFFERS}
     if config.tie_word_embeddings:
         tensors.pop(_TIED_DECODER, None)
         if _DECODER_BIAS in tensors:  # a tied copy of cls.predictions.bias
