@@ -60,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval_fraction = 0.02  # share of documents held out for evaluation
     c.data.cache_dir = ""  # "" = WORKDIR/cache
 
+    c.pretraining = ml_collections.ConfigDict()
+    c.pretraining.discriminator_weight = 50.0  # ELECTRA: lambda, the replaced-token loss's weight next to the MLM loss
+
     c.task = ml_collections.ConfigDict()
     c.task.name = "pretraining"  # or a fine-tuning task: "classification", "ner", "qa"
     c.task.train_file = ""  # CSV / TSV / JSON / JSONL / Parquet, or a save_to_disk folder
@@ -146,6 +149,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise InputError(f"config.data.mask_rate must be in (0, 1), got {config.data.mask_rate}")
     if not 0 < config.data.eval_fraction < 1:
         raise InputError(f"config.data.eval_fraction must be in (0, 1), got {config.data.eval_fraction}")
+    if config.pretraining.discriminator_weight < 0:
+        raise InputError(f"config.pretraining.discriminator_weight cannot be negative, got "
+                         f"{config.pretraining.discriminator_weight}")
     sharding.logical_rules(config.mesh)
     model = model_config(config)
     if config.seq_len > model.max_seq_len:

@@ -20,7 +20,7 @@ from flaxft import checkpoint, hf, optim, sharding
 from flaxft import config as config_lib
 from flaxft.contracts import HostBatch, Run
 from flaxft.data import Features, FinetuneLoader, concat_outputs, load_tokenizer
-from flaxft.data.tokenizer import copy_tokenizer_files
+from flaxft.data.tokenizer import copy_tokenizer_files, tokenizer_kind
 from flaxft.errors import InputError
 from flaxft.files import PathKind, kind_of, write_text_atomically
 from flaxft.models import Family, ModelConfig, abstract_params, family_named, family_of
@@ -80,17 +80,21 @@ def tokenizer_source(config: ml_collections.ConfigDict) -> Path:
     return found
 
 
-def fitted_model_config(config: ml_collections.ConfigDict, num_labels: int, id2label: tuple) -> tuple[Family, ModelConfig]:
-    """init_from's family and model config (else config.model's) with the task's head size
-    and config.model's training options and dropout rates (those of the family's
-    DROPOUT_FIELDS that config.model has: a checkpoint of another family than
-    config.model.family keeps its own rates for the others)."""
+def base_model(config: ml_collections.ConfigDict) -> tuple[Family, ModelConfig]:
+    """init_from's family and model config, else config.model's."""
     if config.init_from:
-        model_family, base = source_model(config.init_from)
-    else:
-        model_family, base = family_named(config.model.family), config_lib.model_config(config)
+        return source_model(config.init_from)
+    return family_named(config.model.family), config_lib.model_config(config)
+
+
+def fitted_model_config(config: ml_collections.ConfigDict, base: ModelConfig, num_labels: int,
+                        id2label: tuple) -> ModelConfig:
+    """`base` (`base_model`'s) with the task's head size and config.model's training
+    options and dropout rates (those of the family's DROPOUT_FIELDS that config.model has:
+    a checkpoint of another family than config.model.family keeps its own rates for the
+    others)."""
     changes = {k: config.model[k] for k in (*base.TRAINING_OPTIONS, *base.DROPOUT_FIELDS) if k in config.model}
-    return model_family, base.replace(num_labels=max(num_labels, 1), id2label=tuple(id2label), **changes)
+    return base.replace(num_labels=max(num_labels, 1), id2label=tuple(id2label), **changes)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
@@ -103,11 +107,13 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     task = from_config(FINETUNE_TASKS[config.task.name], config.task)
     tokenizer_dir = tokenizer_source(config)
     tokenizer = load_tokenizer(str(tokenizer_dir))
+    model_family, base = base_model(config)
+    model_family.check_tokenizer(tokenizer_kind(tokenizer), str(tokenizer_dir))
     task_data = task.build(tokenizer, config.seq_len, train_file=config.task.train_file,
                            validation_file=config.task.validation_file, dataset=config.task.dataset)
     if task_data.validation is None:
         raise InputError("fine-tuning needs validation data: set config.task.validation_file (or a dataset with one)")
-    model_family, model_config = fitted_model_config(config, task_data.num_labels, task_data.id2label)
+    model_config = fitted_model_config(config, base, task_data.num_labels, task_data.id2label)
     model = model_family.architecture(task.head)(model_config)
     if model.config.vocab_size < tokenizer.get_vocab_size():
         raise InputError(f"{tokenizer_dir}: {tokenizer.get_vocab_size()} tokens but the model has "

@@ -200,9 +200,9 @@ def from_pretrained(
     base = family.heads["encoder"].__name__
     saved_architecture = (hf.get("architectures") or [base])[0]
     architecture = architecture or saved_architecture
-    if architecture not in family.architectures:
-        raise InputError(f"{source}: architecture {architecture!r} is not one of {sorted(family.architectures)}")
-    if saved_architecture not in family.architectures:
+    if architecture not in family.hf_architectures:
+        raise InputError(f"{source}: architecture {architecture!r} is not one of {sorted(family.hf_architectures)}")
+    if saved_architecture not in family.hf_architectures:
         saved_architecture = base  # a head flaxft does not have: read the encoder
     state, weights_file = read_state_dict(path)
     params = params_from_state_dict(state, family, config, saved_architecture, weights_file)
@@ -262,17 +262,25 @@ def save_pretrained(
     found in `sentence_transformers_dir`) that `transformers.AutoModel*` loads with no
     missing or unexpected weights (and `SentenceTransformer` as the source was loaded).
 
+    A model trained as several Hugging Face models (ELECTRA pretraining's generator and
+    discriminator) names them by subfolder in `hf_models(params)`: each is written, with
+    the tokenizer, to `out_dir` ("") or its subfolder.
+
     The folder appears whole or not at all; an existing non-empty `out_dir` is an
     InputError (nothing is overwritten).
     """
     from safetensors.numpy import save_file
 
-    state = state_dict_from_params(params, model)
+    parts = model.hf_models(params) if hasattr(model, "hf_models") else {"": (model, params)}
+    states = {folder: state_dict_from_params(part_params, part) for folder, (part, part_params) in parts.items()}
     with new_output_dir(out_dir) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config = config_to_hf(model.config, type(model).__name__)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if tokenizer_dir is not None:
-            copy_tokenizer_files(tokenizer_dir, tmp)
+        for folder, (part, _) in parts.items():
+            target = tmp / folder
+            target.mkdir(exist_ok=True)
+            save_file(states[folder], str(target / "model.safetensors"), metadata={"format": "pt"})
+            config = config_to_hf(part.config, type(part).__name__)
+            (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            if tokenizer_dir is not None:
+                copy_tokenizer_files(tokenizer_dir, target)
         if sentence_transformers_dir is not None:
             copy_sentence_transformers_files(sentence_transformers_dir, tmp)

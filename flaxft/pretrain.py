@@ -20,8 +20,8 @@ from flaxft.contracts import HostBatch, Run
 from flaxft.data.tokenizer import copy_tokenizer_files
 from flaxft.errors import InputError
 from flaxft.files import TOKENIZER
-from flaxft.models import abstract_params, family_named
-from flaxft.tasks import Pretraining
+from flaxft.models import Family, abstract_params, family_named
+from flaxft.tasks import Pretraining, ReplacedTokenDetection
 
 
 @dataclasses.dataclass
@@ -44,7 +44,7 @@ class MeanOverBatches:
 
 
 # Tokenizers flaxft trains on a corpus, by the kind a family's checkpoints come with.
-TRAINERS = {"wordpiece": data.train_wordpiece}
+TRAINERS = {"wordpiece": data.train_wordpiece, "byte_level_bpe": data.train_byte_level_bpe}
 
 
 def tokenizer_of(config: ml_collections.ConfigDict, workdir: Path, documents: list[str], kind: str):
@@ -63,6 +63,20 @@ def tokenizer_of(config: ml_collections.ConfigDict, workdir: Path, documents: li
     return tokenizer, functools.partial(data.save_tokenizer, tokenizer)
 
 
+# Pretraining tasks, by a family's `pretraining_objective`.
+OBJECTIVES = {"masked_lm": Pretraining, "replaced_token_detection": ReplacedTokenDetection}
+
+
+def pretraining_task(config: ml_collections.ConfigDict, model_family: Family) -> Pretraining | ReplacedTokenDetection:
+    """The task pretraining trains `model_family` for; InputError for a data format its
+    heads cannot learn from (next-sentence pairs for a family without an NSP head)."""
+    task = OBJECTIVES[model_family.pretraining_objective].from_config(config)
+    if task.next_sentence and "pretraining" not in model_family.heads:
+        raise InputError(f"config.data.format 'bert' trains next-sentence prediction, which model family "
+                         f"{model_family.name!r} has no head for; set config.data.format='roberta'")
+    return task
+
+
 def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     """Reads and checks every input of a pretraining run (corpus, tokenizer, model, mesh)
     and builds it. Raises InputError on bad input. Writes nothing to the workdir but the
@@ -71,12 +85,17 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     model_family = family_named(config.model.family)
     documents = data.read_documents(config.data.path, config.data.text_column)
     tokenizer, write_tokenizer = tokenizer_of(config, workdir, documents, model_family.tokenizer)
+    model_family.check_tokenizer(data.tokenizer_kind(tokenizer), config.data.tokenizer or str(workdir / TOKENIZER))
     vocab = tokenizer.get_vocab_size()
     if vocab != config.model.vocab_size:
         source = config.data.tokenizer or "the tokenizer trained on the corpus"
         raise InputError(f"{source} has {vocab} tokens but config.model.vocab_size is {config.model.vocab_size}")
-    task = Pretraining.from_config(config)
+    task = pretraining_task(config, model_family)
     model = model_family.architecture(task.head)(config_lib.model_config(config))
+    pad = data.special_token_ids(tokenizer)["pad"]
+    if pad != model.config.pad_token_id:
+        raise InputError(f"the tokenizer's padding id is {pad} but config.model.pad_token_id is "
+                         f"{model.config.pad_token_id}")
     mesh, rules = sharding.mesh_for(config.mesh, abstract_params(model, boxed=True), config.global_batch_size,
                                     config.grad_accum_steps)
     init_params = checkpoint.init_params_for(workdir, config.init_from, model, config.seed)

@@ -35,3 +35,12 @@ def tokenizer(minilm_dir):
     from flaxft.data import load_tokenizer
 
     return load_tokenizer(str(minilm_dir))
+
+
+@pytest.fixture(scope="session", params=("byte_level_bpe", "sentencepiece"))
+def roberta_or_xlmr_dir(request, tmp_path_factory) -> pathlib.Path:
+    """A RoBERTa-style byte-level BPE, then an XLM-R-style SentencePiece tokenizer folder
+    (`tests.tokenizers_for_tests.folder_of_kind`), named after its kind."""
+    from tests.tokenizers_for_tests import folder_of_kind
+
+    return folder_of_kind(request.param, tmp_path_factory.mktemp("tokenizers") / request.param)

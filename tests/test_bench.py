@@ -20,7 +20,7 @@ from flaxft import bench
 from flaxft.data import default_corpus
 from flaxft.models import FAMILIES, BertConfig, BertForMaskedLM, BertForPreTraining, init_params
 from flaxft.models.bert.flops import train_flops
-from flaxft.models.electra import ElectraConfig, ElectraForMaskedLM
+from flaxft.models.electra import ElectraConfig, ElectraGeneratorDiscriminator
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = BertConfig(
@@ -106,18 +106,21 @@ def test_page_faults_count_freshly_touched_memory():
 
 
 @pytest.mark.parametrize("embedding_size", [8, 16])
-def test_electra_generator_flops_equal_the_matmuls_jax_differentiates(embedding_size):
-    """ELECTRA's count: the embeddings projection (when E != D) and the generator's head."""
+def test_electra_pretraining_flops_equal_the_matmuls_jax_differentiates(embedding_size):
+    """ELECTRA's count: a generator (half as wide here) at the masked positions and the
+    discriminator at every token, the embeddings projections (when E != D) and both heads."""
     batch, length, predictions = 3, 8, 2
     config = ElectraConfig(vocab_size=50, embedding_size=embedding_size, hidden_size=16, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=24, max_position_embeddings=16)
-    model = ElectraForMaskedLM(config)
+                           num_attention_heads=2, intermediate_size=24, max_position_embeddings=16,
+                           generator_size=0.5)
+    model = ElectraGeneratorDiscriminator(config)
     params = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0), length)))
     ids = jnp.ones((batch, length), jnp.int32)
     positions = jnp.tile(jnp.arange(1, predictions + 1), (batch, 1))
 
     def loss(params):
-        return model.apply({"params": params}, ids, masked_positions=positions).mlm_logits.sum()
+        out = model.apply({"params": params}, ids, masked_positions=positions)
+        return out.mlm_logits.sum() + out.logits.sum()
 
     counted = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
     assert counted == FAMILIES["electra"].train_flops(config, batch, length, predictions, False)

@@ -82,3 +82,14 @@ def test_the_command_line_run_length_wins_and_both_is_an_error():
 def test_run_length_rules(values, message):
     with pytest.raises(InputError, match=message):
         config_lib.validate(set_dotted(config_lib.default_config(), values))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.py")), ids=lambda p: p.stem)
+def test_every_config_file_is_valid(path):
+    """Each published config loads and passes validation as it stands (as `--config` reads it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config_lib.validate(module.get_config())

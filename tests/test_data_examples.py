@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import transformers
 
 from flaxft.data.arrays import offsets
 from flaxft.data.examples import make_examples, split_documents
 from flaxft.data.tokenize import TokenizedCorpus, split_sentences, tokenize_documents
-from flaxft.data.tokenizer import load_tokenizer
+from flaxft.data.tokenizer import load_tokenizer, special_token_ids
 from flaxft.errors import InputError
 
 PAD, CLS, SEP = 0, 1, 2
@@ -172,6 +173,30 @@ def test_roberta_packs_whole_sequences_in_corpus_order():
     used = (examples.segment_ids > 0).sum(axis=1)
     first_width = (examples.segment_ids == 1).sum(axis=1)
     assert (used[:-1] + first_width[1:] > seq_len).all()  # next fit: no row could take more
+
+
+def test_roberta_and_xlmr_tokenizers_give_rows_as_transformers_encodes(roberta_or_xlmr_dir):
+    """Each document's sequence is transformers' <s> document </s> (a sentence after the
+    first keeps the space before it: "ĠAnd"; a line break reads as a space), <pad> after;
+    "bert" pairs are <s> A </s> B </s>."""
+    tokenizer = load_tokenizer(str(roberta_or_xlmr_dir))
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(roberta_or_xlmr_dir))
+    documents = [
+        "One short sentence here. And a second one follows!",
+        "Another document, with commas.\nIts second line.",
+        "A third one? Yes.",
+    ]
+    special_ids = special_token_ids(tokenizer)
+    corpus = tokenize_documents(documents, tokenizer)
+    examples = make_examples(corpus, 96, "roberta", seed=0, special_ids=special_ids)
+    running_text = [document.replace("\n", " ") for document in documents]
+    expected = [i for text in running_text for i in hf_tokenizer(text)["input_ids"]]
+    assert len(examples) == 1
+    assert examples.input_ids[0].tolist() == expected + [special_ids["pad"]] * (96 - len(expected))
+    assert (examples.special_mask == np.isin(examples.input_ids, [0, 1, 2])).all()
+    pairs = make_examples(corpus, 96, "bert", seed=0, special_ids=special_ids)
+    assert (pairs.input_ids[:, 0] == special_ids["cls"]).all()
+    assert ((pairs.input_ids == special_ids["sep"]).sum(axis=1) == 2).all()
 
 
 def test_split_documents_is_a_seed_free_partition():

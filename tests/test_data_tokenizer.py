@@ -1,4 +1,5 @@
-"""Tokenizers: loading (tokenizer.json or vocab.txt) and training, checked against transformers."""
+"""Tokenizers: loading (tokenizer.json or vocab.txt), training (WordPiece, byte-level BPE),
+special tokens by role and row layouts, checked against transformers."""
 
 import json
 import os
@@ -8,10 +9,20 @@ import sys
 
 import pytest
 import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from flaxft.data.corpus import default_corpus
-from flaxft.data.tokenizer import load_tokenizer, special_token_ids, train_wordpiece
+from flaxft.data.features import RowTemplate, truncate_pair
+from flaxft.data.tokenizer import (
+    load_tokenizer,
+    save_tokenizer,
+    special_token_ids,
+    tokenizer_kind,
+    train_byte_level_bpe,
+    train_wordpiece,
+)
 from flaxft.errors import InputError
+from tests.tokenizers_for_tests import roberta_style_folder, transformers_class
 
 SENTENCES = [
     "The quick brown fox's unaffordable jump-start costs $3.50!",
@@ -133,3 +144,155 @@ def test_copy_tokenizer_files_from_a_folder_or_a_file(tmp_path):
     tokenizer.save(str(odd))
     assert copy_tokenizer_files(odd, tmp_path / "b") == ["tokenizer.json"]
     assert load_tokenizer(str(tmp_path / "b")).to_str() == tokenizer.to_str()
+
+
+# ----------------------------------------------------------------------------- other kinds
+
+
+def test_roberta_and_xlmr_special_tokens_by_role(roberta_or_xlmr_dir):
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(roberta_or_xlmr_dir))
+    assert isinstance(hf_tokenizer, transformers_class(roberta_or_xlmr_dir.name))
+    tokenizer = load_tokenizer(str(roberta_or_xlmr_dir))
+    assert tokenizer_kind(tokenizer) == roberta_or_xlmr_dir.name
+    ids = special_token_ids(tokenizer)
+    assert ids == {"pad": 1, "unk": 3, "cls": 0, "sep": 2, "mask": tokenizer.get_vocab_size() - 1}
+    assert ids == {role: getattr(hf_tokenizer, f"{role}_token_id") for role in ids}
+
+
+@pytest.mark.parametrize(
+    "texts", [(SENTENCES[0],), (SENTENCES[0], SENTENCES[2]), ("Short.", "And another.")]
+)
+@pytest.mark.parametrize("seq_len", [16, 40])
+def test_rows_match_transformers(roberta_or_xlmr_dir, texts, seq_len):
+    """RowTemplate rows (RoBERTa: <s> A </s></s> B </s>, all type 0) equal transformers',
+    truncated longest-first and padded."""
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(roberta_or_xlmr_dir))
+    tokenizer = load_tokenizer(str(roberta_or_xlmr_dir))
+    template = RowTemplate.of(tokenizer, seq_len)
+    options = {"truncation": "longest_first", "max_length": seq_len}
+    expected = hf_tokenizer(*texts, padding="max_length", return_token_type_ids=True, **options)
+    parts = [tokenizer.encode(text, add_special_tokens=False).ids for text in texts]
+    budget = template.budget(len(texts) == 2)
+    if len(parts) == 2:
+        lengths = truncate_pair(*map(len, parts), budget)
+    else:
+        lengths = [min(len(parts[0]), budget)]
+    ids, types, length = template.row(*(part[:n] for part, n in zip(parts, lengths)))
+    assert ids == expected["input_ids"]
+    assert types == expected["token_type_ids"]
+    assert length == sum(expected["attention_mask"])
+    sequence_ids = hf_tokenizer(*texts, **options).sequence_ids()
+    assert template.text_starts(*lengths) == [sequence_ids.index(i) for i in range(len(texts))]
+
+
+def test_special_tokens_named_by_the_folder(roberta_or_xlmr_dir, tmp_path):
+    folder = tmp_path / "tok"
+    shutil.copytree(roberta_or_xlmr_dir, folder)
+    tokenizer = load_tokenizer(str(folder))
+    tokenizer.add_special_tokens(["<|masked|>"])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    names = json.loads((folder / "special_tokens_map.json").read_text())
+    (folder / "special_tokens_map.json").write_text(json.dumps({**names, "mask_token": "<|masked|>"}))
+    tokenizer = load_tokenizer(str(folder))
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert special_token_ids(tokenizer)["mask"] == tokenizer.token_to_id("<|masked|>")
+    assert special_token_ids(tokenizer)["mask"] == hf_tokenizer.mask_token_id
+    (folder / "special_tokens_map.json").write_text(json.dumps({**names, "pad_token": "<nowhere>"}))
+    with pytest.raises(InputError, match=r"special_tokens_map.json names pad_token '<nowhere>'"):
+        load_tokenizer(str(folder))
+
+
+def test_missing_roles_are_named():
+    vocab = {"[PAD]": 0, "<s>": 1, "</s>": 2, "hello": 3}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(InputError, match="no special token before and after a text"):
+        special_token_ids(tokenizer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    missing = r"unk \('\[UNK\]' or '<unk>'\), mask \('\[MASK\]' or '<mask>'\)"
+    with pytest.raises(InputError, match=missing):
+        special_token_ids(tokenizer)
+    assert tokenizer_kind(tokenizer) == "wordlevel"
+
+
+def test_tokenizer_kinds(minilm_dir):
+    assert tokenizer_kind(load_tokenizer(str(minilm_dir))) == "wordpiece"
+    assert tokenizer_kind(train_wordpiece(["a few words"], 40)) == "wordpiece"
+    assert tokenizer_kind(train_byte_level_bpe(["a few words"], 300)) == "byte_level_bpe"
+    sentencepiece_bpe = Tokenizer(models.BPE())
+    sentencepiece_bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    assert tokenizer_kind(sentencepiece_bpe) == "sentencepiece"
+    assert tokenizer_kind(Tokenizer(models.Unigram())) == "sentencepiece"
+    assert tokenizer_kind(Tokenizer(models.BPE())) == "bpe"
+
+
+# ----------------------------------------------------------------------------- byte-level BPE training
+
+
+def test_train_byte_level_bpe_loads_in_transformers(small_corpus, tmp_path):
+    out_dir = tmp_path / "tokenizer"
+    tokenizer = train_byte_level_bpe(small_corpus, 1000, str(out_dir))
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "merges.txt", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+        "vocab.json",
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer"]
+    assert tokenizer.get_vocab_size() == 1000
+    assert [tokenizer.id_to_token(i) for i in range(5)] == ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    assert special_token_ids(tokenizer) == {"pad": 1, "unk": 3, "cls": 0, "sep": 2, "mask": 4}
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
+    assert isinstance(hf_tokenizer, transformers.RobertaTokenizerFast) and len(hf_tokenizer) == 1000
+    for text in [*SENTENCES, "Fill the <mask> in, <s> and </s> are special."]:
+        assert hf_tokenizer(text)["input_ids"] == tokenizer.encode(text).ids
+    pair = hf_tokenizer(SENTENCES[0], SENTENCES[2], return_token_type_ids=True)
+    encoding = tokenizer.encode(SENTENCES[0], SENTENCES[2])
+    assert (pair["input_ids"], pair["token_type_ids"]) == (encoding.ids, encoding.type_ids)
+    decoded = hf_tokenizer.decode(encoding.ids, skip_special_tokens=True)
+    assert decoded == SENTENCES[0] + SENTENCES[2]
+    assert load_tokenizer(str(out_dir)).to_str() == tokenizer.to_str()
+
+
+def test_pretraining_trains_byte_level_bpe_for_families_that_use_it():
+    from flaxft.pretrain import TRAINERS
+
+    assert TRAINERS["byte_level_bpe"] is train_byte_level_bpe
+
+
+def test_train_byte_level_bpe_is_deterministic(small_corpus, tmp_path):
+    train_byte_level_bpe(small_corpus, 1500, str(tmp_path / "here"))
+    (tmp_path / "docs.json").write_text(json.dumps(small_corpus))
+    program = (
+        "import json, sys; from flaxft.data.tokenizer import train_byte_level_bpe; "
+        "train_byte_level_bpe(json.load(open(sys.argv[1])), 1500, sys.argv[2])"
+    )
+    for seed in ("1", "987"):  # other processes, other hash seeds
+        subprocess.run(
+            [sys.executable, "-c", program, str(tmp_path / "docs.json"), str(tmp_path / seed)],
+            env=dict(os.environ, PYTHONHASHSEED=seed), check=True,
+        )
+        for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+            assert (tmp_path / seed / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
+
+
+def test_small_corpus_byte_level_vocab_is_padded_with_reserved_tokens(tmp_path):
+    documents = ["a tiny corpus with few words", "few words indeed"]
+    tokenizer = train_byte_level_bpe(documents, 300, str(tmp_path / "tok"))
+    assert tokenizer.get_vocab_size() == 300
+    assert tokenizer.id_to_token(299).startswith("<unused")
+    assert "<unused3>" not in tokenizer.encode("tiny <unused3> words").tokens  # never from text
+    assert len(json.loads((tmp_path / "tok" / "vocab.json").read_text())) == 300
+    with pytest.raises(InputError, match="at least 261"):
+        train_byte_level_bpe(["text"], 260)
+
+
+def test_save_tokenizer_writes_any_byte_level_bpe_tokenizer(tmp_path):
+    """A RoBERTa-style folder (mask last, prefix space off) saved again reads the same."""
+    tokenizer = load_tokenizer(str(roberta_style_folder(tmp_path / "in")))
+    save_tokenizer(tokenizer, tmp_path / "out")
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert hf_tokenizer(SENTENCES[1])["input_ids"] == tokenizer.encode(SENTENCES[1]).ids
+    assert hf_tokenizer.mask_token_id == tokenizer.get_vocab_size() - 1
+    with pytest.raises(ValueError, match="not sentencepiece"):
+        save_tokenizer(Tokenizer(models.Unigram()), tmp_path / "unigram")

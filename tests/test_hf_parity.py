@@ -18,7 +18,7 @@ def _every_head_and_config():
     """(architecture, family, config name) for every head of every family and each of the
     family's test configurations; the quick tier takes one configuration per family."""
     for family, configs in FAMILY_CONFIGS.items():
-        for architecture in sorted(FAMILIES[family].architectures):
+        for architecture in sorted(FAMILIES[family].hf_architectures):
             for i, name in enumerate(sorted(configs)):
                 case = (architecture, family, name)
                 yield case if i == 0 else pytest.param(*case, marks=pytest.mark.slow)
@@ -45,7 +45,7 @@ def test_every_head_matches_transformers(tmp_path, architecture, family, config_
 
 @pytest.mark.parametrize("architecture, family, config_name", [
     (architecture, family, sorted(configs)[0])
-    for family, configs in FAMILY_CONFIGS.items() for architecture in sorted(FAMILIES[family].architectures)
+    for family, configs in FAMILY_CONFIGS.items() for architecture in sorted(FAMILIES[family].hf_architectures)
 ])
 def test_round_trip_is_bit_identical(tmp_path, architecture, family, config_name):
     config = FAMILY_CONFIGS[family][config_name]

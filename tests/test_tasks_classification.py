@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers
 
-from flaxft.data import Split, padding_fraction
+from flaxft.data import Split, load_tokenizer, padding_fraction
 from flaxft.errors import InputError
 from flaxft.models import FAMILIES, EncoderOutput
 from flaxft.tasks import classification as cls
@@ -63,6 +64,29 @@ def test_pairs_get_token_types_and_longest_first_truncation(tokenizer):
     assert features.arrays["attention_mask"][1].all()
     assert row[-2] == tokenizer.token_to_id("tiny") and row[-1] == tokenizer.token_to_id("[SEP]")
     assert features.arrays["token_type_ids"][1].sum() == 2
+
+
+def test_rows_match_transformers_for_roberta_and_xlmr(roberta_or_xlmr_dir):
+    """<s> a </s> and <s> a </s></s> b </s> (all type 0), truncated longest-first and padded
+    with <pad>, as transformers builds them; packed rows classify at each example's <s>."""
+    tokenizer = load_tokenizer(str(roberta_or_xlmr_dir))
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(roberta_or_xlmr_dir))
+    rows = [
+        {"a": "a short premise", "b": "and a hypothesis", "label": 0},
+        {"a": "word " * 50, "b": "tiny", "label": 1},
+    ]
+    for fields in ("a", "a,b"):
+        features = cls.make_features(Split(rows, "x"), tokenizer, SEQ_LEN, text_fields=fields, labels=[0, 1])
+        expected = hf_tokenizer(
+            *([row[field] for row in rows] for field in fields.split(",")), truncation="longest_first",
+            max_length=SEQ_LEN, padding="max_length", return_token_type_ids=True,
+        )
+        for key in ("input_ids", "token_type_ids", "attention_mask"):
+            assert features.arrays[key].tolist() == expected[key], (fields, key)
+    packed = cls.pack_features(features)
+    slots = packed.arrays["label_weights"] > 0
+    first_tokens = np.take_along_axis(packed.arrays["input_ids"], packed.arrays["cls_positions"], 1)
+    assert slots.sum() == 2 and (first_tokens[slots] == tokenizer.token_to_id("<s>")).all()
 
 
 def test_string_int_and_float_labels(tmp_path, tokenizer):

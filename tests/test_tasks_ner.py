@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers
 
-from flaxft.data import Split
+from flaxft.data import Split, load_tokenizer
 from flaxft.errors import InputError
 from flaxft.models import FAMILIES, EncoderOutput
 from flaxft.tasks import ner
@@ -47,6 +48,34 @@ def test_only_first_sub_words_are_labelled(tokenizer):
     assert len(encoding.ids) > len(ROWS[0]["tokens"]) + 2  # some word really was split
     assert (features.arrays["labels"][0] >= 0).sum() == 4
     assert features.host["word_index"][0][labels >= 0].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("seq_len", [SEQ_LEN, 9])
+def test_word_alignment_matches_transformers(roberta_or_xlmr_dir, seq_len):
+    """Sub-words, specials and first-sub-word labels equal transformers' with pre-split words
+    (is_split_into_words, add_prefix_space for byte-level BPE: every word gets its "Ġ"),
+    also when truncation cuts words off."""
+    tokenizer = load_tokenizer(str(roberta_or_xlmr_dir))
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(roberta_or_xlmr_dir), add_prefix_space=True)
+    features = ner.make_features(Split(ROWS, "x"), tokenizer, seq_len, tags=TAGS)
+    for row, record in enumerate(ROWS):
+        encoding = hf_tokenizer(record["tokens"], is_split_into_words=True, truncation=True, max_length=seq_len)
+        n = len(encoding["input_ids"])
+        assert features.arrays["input_ids"][row, :n].tolist() == encoding["input_ids"]
+        assert (features.arrays["input_ids"][row, n:] == tokenizer.token_to_id("<pad>")).all()
+        expected, previous = [], None
+        for word in encoding.word_ids():
+            first = word is not None and word != previous
+            expected.append(TAGS.index(record["ner_tags"][word]) if first else -100)
+            previous = word
+        labels = features.arrays["labels"][row]
+        assert labels[:n].tolist() == expected and (labels[n:] == -100).all()
+        word_index = features.host["word_index"][row]
+        assert word_index[labels >= 0].tolist() == sorted(set(encoding.word_ids()) - {None})
+    labelled = np.flatnonzero(features.arrays["labels"][0] >= 0)
+    assert len(labelled) < features.arrays["attention_mask"][0].sum() - 2  # words really were split
+    if roberta_or_xlmr_dir.name == "byte_level_bpe":
+        assert all(tokenizer.id_to_token(features.arrays["input_ids"][0, p]).startswith("Ġ") for p in labelled)
 
 
 def test_build_from_jsonl_and_parquet(tmp_path, tokenizer):

@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers
 
-from flaxft.data import Split
+from flaxft.data import Split, load_tokenizer
 from flaxft.errors import InputError
 from flaxft.models import FAMILIES, EncoderOutput
 from flaxft.tasks import qa
+from tests.tokenizers_for_tests import roberta_style_folder
 
 SEQ_LEN = 32
 FILLER = "The quick brown fox jumps over the lazy dog near the river bank today. "
@@ -29,9 +31,9 @@ def record(
 
 def perfect_logits(features):
     """Logits that put all mass on each row's labelled start and end."""
-    n = len(features)
-    start = np.full((n, SEQ_LEN), -5.0)
-    end = np.full((n, SEQ_LEN), -5.0)
+    n, seq_len = features.arrays["input_ids"].shape
+    start = np.full((n, seq_len), -5.0)
+    end = np.full((n, seq_len), -5.0)
     start[np.arange(n), features.arrays["start_positions"]] = 5.0
     end[np.arange(n), features.arrays["end_positions"]] = 5.0
     return {"start_logits": start, "end_logits": end}
@@ -142,6 +144,78 @@ def test_build_from_squad_json(tmp_path, tokenizer):
     metrics, _ = qa.evaluate(perfect_logits(data.validation), data.validation)
     assert metrics["exact_match"] == 100.0
     assert FAMILIES["bert"].architecture(qa.QA.head).__name__ == "BertForQuestionAnswering"
+
+
+def run_qa_labels(hf_tokenizer, example, seq_len, doc_stride):
+    """transformers' windows of one `record` and their (start, end) token labels, as
+    run_qa's prepare_train_features finds them from `return_offsets_mapping`."""
+    (answer_start,), (answer,) = example["answers"]["answer_start"], example["answers"]["text"]
+    encoding = hf_tokenizer(
+        example["question"], example["context"], truncation="only_second", max_length=seq_len,
+        stride=doc_stride,
+        return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length",
+        return_token_type_ids=True,
+    )
+    end_char = answer_start + len(answer)
+    labels = []
+    for window, offsets in enumerate(encoding["offset_mapping"]):
+        sequence_ids = encoding.sequence_ids(window)
+        first = sequence_ids.index(1)
+        last = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
+        if not (offsets[first][0] <= answer_start and offsets[last][1] >= end_char):
+            labels.append((0, 0))
+            continue
+        while first < len(offsets) and offsets[first][0] <= answer_start:
+            first += 1
+        while offsets[last][1] >= end_char:
+            last -= 1
+        labels.append((first - 1, last + 1))
+    return encoding, labels
+
+
+def answers_through_transformers_windows(folder):
+    """Checks QA features of a few records against transformers' windows and run_qa's
+    labels for the tokenizer in `folder`; returns (predicted texts, answers) of perfect
+    logits."""
+    tokenizer = load_tokenizer(str(folder))
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    records = [
+        record(),
+        record("When?", "12 May 1998", id_="q1"),
+        record("What animal?", "fox", FILLER, "q2"),
+        record("Which river bank?", "river bank", FILLER, "q3"),
+    ]
+    seq_len, doc_stride = 64, 24
+    features = qa.make_features(Split(records, "x"), tokenizer, seq_len, doc_stride=doc_stride)
+    arrays, host = features.arrays, features.host
+    for i, example in enumerate(records):
+        encoding, labels = run_qa_labels(hf_tokenizer, example, seq_len, doc_stride)
+        windows = np.flatnonzero(host["example_index"] == i)
+        assert arrays["input_ids"][windows].tolist() == encoding["input_ids"]
+        assert arrays["attention_mask"][windows].tolist() == encoding["attention_mask"]
+        # The first window only: `tokenizers` gives the context of a TemplateProcessing
+        # pair's overflowing parts type 1 whatever the template says (XLM-R's returns none).
+        assert arrays["token_type_ids"][windows[0]].tolist() == encoding["token_type_ids"][0]
+        positions = list(zip(arrays["start_positions"][windows], arrays["end_positions"][windows]))
+        assert positions == labels and any(span != (0, 0) for span in labels)
+        assert host["context_start"][windows].tolist() == [
+            encoding.sequence_ids(w).index(1) for w in range(len(windows))
+        ]
+    _, predictions = qa.evaluate(perfect_logits(features), features)
+    return [p["prediction_text"] for p in predictions], [p["answers"][0] for p in predictions]
+
+
+def test_windows_and_answer_tokens_match_transformers(roberta_or_xlmr_dir):
+    texts, answers = answers_through_transformers_windows(roberta_or_xlmr_dir)
+    assert texts == answers
+
+
+def test_untrimmed_byte_level_offsets_keep_the_space_before_a_word(tmp_path):
+    texts, answers = answers_through_transformers_windows(
+        roberta_style_folder(tmp_path / "untrimmed", trim_offsets=False)
+    )
+    # A span starts at the space before its word ("Ġfox"), as transformers' offsets do.
+    assert [text.lstrip() for text in texts] == answers and any(text.startswith(" ") for text in texts)
 
 
 def test_bad_inputs(tmp_path, tokenizer):

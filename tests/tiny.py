@@ -53,9 +53,24 @@ def losses(workdir) -> list[float]:
     return [r["loss"] for r in report.read_metrics(workdir) if "loss" in r]
 
 
+def tiny_electra_config(corpus: Path, **overrides):
+    """`tiny_config`'s run for ELECTRA pretraining: a 2-layer, 32-wide discriminator with
+    16-wide embeddings and a generator half as wide, on full sentences (no NSP)."""
+    config = tiny_config(corpus)
+    config.data.format = "roberta"
+    config.model = config_lib.model_defaults("electra")
+    config.model.update(vocab_size=600, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, generator_size=0.5)
+    return set_dotted(config, overrides)
+
+
 def tiny_flags(corpus: Path, **overrides) -> list[str]:
     """`tiny_config` as flaxft.main flags over configs/pretrain_tiny.py."""
-    config = tiny_config(corpus, **overrides)
+    return config_flags(tiny_config(corpus, **overrides), "configs/pretrain_tiny.py")
+
+
+def config_flags(config, config_file: str) -> list[str]:
+    """flaxft.main flags that turn `config_file` (whose model family is config's) into `config`."""
     flat = {}
 
     def walk(node, prefix):
@@ -66,8 +81,8 @@ def tiny_flags(corpus: Path, **overrides) -> list[str]:
                 flat[f"{prefix}{key}"] = value
 
     walk(config, "")
-    return ["--config", "configs/pretrain_tiny.py", *(f"--config.{k}={v}" for k, v in flat.items()
-                                                      if not k.startswith("mesh.rules") and v is not None)]
+    return ["--config", config_file, *(f"--config.{k}={v}" for k, v in flat.items()
+                                       if not k.startswith("mesh.rules") and v is not None)]
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,13 +8,24 @@ and files.
 
 from flaxft.data.corpus import DEFAULT_CORPUS, default_corpus, read_documents
 from flaxft.data.examples import FORMATS, Examples, make_examples, split_documents
-from flaxft.data.features import Features, RowTemplate, padding_fraction, plain_tokenizer, stack_rows, truncate_pair
+from flaxft.data.features import Features, RowTemplate, padding_fraction, stack_rows, truncate_pair
 from flaxft.data.loader import FinetuneLoader, PretrainLoader, StepLoader, concat_outputs
 from flaxft.data.masking import mask_example
 from flaxft.data.pipeline import build_examples
 from flaxft.data.records import Split, load_splits, read_split
 from flaxft.data.tokenize import TokenizedCorpus, tokenize_documents
-from flaxft.data.tokenizer import load_tokenizer, save_tokenizer, special_token_ids, train_wordpiece
+from flaxft.data.tokenizer import (
+    RowLayout,
+    load_tokenizer,
+    plain_tokenizer,
+    row_layouts,
+    save_tokenizer,
+    special_token_ids,
+    tokenizer_kind,
+    train_byte_level_bpe,
+    train_wordpiece,
+    words_tokenizer,
+)
 
 __all__ = [
     "DEFAULT_CORPUS",
@@ -23,6 +34,7 @@ __all__ = [
     "Features",
     "FinetuneLoader",
     "PretrainLoader",
+    "RowLayout",
     "RowTemplate",
     "Split",
     "StepLoader",
@@ -38,11 +50,15 @@ __all__ = [
     "plain_tokenizer",
     "read_documents",
     "read_split",
+    "row_layouts",
     "save_tokenizer",
     "special_token_ids",
     "split_documents",
     "stack_rows",
     "tokenize_documents",
+    "tokenizer_kind",
+    "train_byte_level_bpe",
     "train_wordpiece",
     "truncate_pair",
+    "words_tokenizer",
 ]

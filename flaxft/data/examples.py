@@ -22,6 +22,10 @@ Two formats:
   fit starts a new row; none is split). segment_ids number the sequences in a row 1, 2,
   ...; token_type_ids and next_sentence_label are 0. Needs no randomness.
 
+[CLS], [SEP] and [PAD] stand for the tokenizer's cls, sep and pad tokens by role
+(`special_token_ids`): a RoBERTa-style tokenizer's rows are <s> piece </s> <pad>..., the
+same shape.
+
 Evaluation text is held out by whole documents (`split_documents`), so eval rows come
 from documents that training never sees.
 """
@@ -122,7 +126,8 @@ def make_examples(
         seq_len: L, the row length.
         format: "bert" (sentence pairs with NSP labels) or "roberta" (packed sequences).
         seed: randomness of "bert" rows; same inputs and seed -> same rows.
-        special_ids: at least "cls", "sep" and "pad" ids (`special_token_ids(tokenizer)`).
+        special_ids: at least the "cls", "sep" and "pad" ids by role
+            (`special_token_ids(tokenizer)`).
         short_seq_prob: "bert" only: probability of a shorter target length.
 
     Returns:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from flaxft.data.tokenizer import special_token_ids
+from flaxft.data.tokenizer import RowLayout, row_layouts, special_token_ids
 from flaxft.errors import InputError
 
 
@@ -28,46 +28,66 @@ class Features:
         return len(next(iter(self.arrays.values())))
 
 
-def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
-    """`tokenizer` itself, or a copy with truncation and padding off if it has either
-    (tasks truncate and pad themselves; the caller's tokenizer is never changed)."""
-    if tokenizer.truncation is None and tokenizer.padding is None:
-        return tokenizer
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
-
-
 @dataclasses.dataclass(frozen=True)
 class RowTemplate:
-    """How one fine-tuning row is laid out, BERT's way: [CLS] A [SEP] (B [SEP]) [PAD]...,
-    token types 0 for the first part, 1 for the second."""
+    """How one fine-tuning row is laid out: the tokenizer's special tokens around one or
+    two texts, as its post-processor places them (`row_layouts`: BERT [CLS] A [SEP]
+    (B [SEP]) with token types 0, then 1 from B on; RoBERTa and XLM-R <s> A </s>
+    (</s> B </s>), all 0), then padding."""
 
     seq_len: int
-    cls: int
-    sep: int
+    single: RowLayout
+    pair: RowLayout
     pad: int
 
     @classmethod
     def of(cls, tokenizer: Tokenizer, seq_len: int) -> "RowTemplate":
-        if seq_len < 4:
-            raise InputError(f"seq_len must be at least 4 for fine-tuning, got {seq_len}")
-        ids = special_token_ids(tokenizer)
-        return cls(seq_len, ids["cls"], ids["sep"], ids["pad"])
+        """The template of `tokenizer` for rows of `seq_len` tokens.
+
+        Raises:
+            InputError: the tokenizer lacks a special token (`special_token_ids`), or a
+                pair's special tokens leave no room for text in `seq_len`.
+        """
+        pad = special_token_ids(tokenizer)["pad"]
+        single, pair = row_layouts(tokenizer)
+        if seq_len <= pair.num_specials:
+            raise InputError(
+                f"seq_len must be at least {pair.num_specials + 1} for fine-tuning with this "
+                f"tokenizer ({pair.num_specials} special tokens in a pair), got {seq_len}"
+            )
+        return cls(seq_len, single, pair, pad)
+
+    def layout(self, pair: bool) -> RowLayout:
+        """The layout of a row of two texts (`pair`) or one."""
+        return self.pair if pair else self.single
 
     def budget(self, pair: bool) -> int:
-        """Room for text tokens: seq_len minus 2 (single) or 3 (pair) special tokens."""
-        return self.seq_len - (3 if pair else 2)
+        """Room for text tokens: seq_len minus the special tokens of a pair or a single text."""
+        return self.seq_len - self.layout(pair).num_specials
+
+    def text_starts(self, *lengths: int) -> list[int]:
+        """Row positions of the first token of each text, for texts of `lengths` tokens
+        (one or two)."""
+        specials = self.layout(len(lengths) == 2).specials
+        starts, position = [], 0
+        for before, length in zip(specials, lengths):
+            starts.append(position + len(before))
+            position = starts[-1] + length
+        return starts
 
     def row(self, first: Sequence[int], second: Sequence[int] | None = None):
         """(input_ids, token_type_ids, length) of one row, as lists padded to seq_len;
         the parts must already fit."""
-        ids = [self.cls, *first, self.sep]
-        types = [0] * len(ids)
-        if second is not None:
-            ids += [*second, self.sep]
-            types += [1] * (len(second) + 1)
+        texts = [first] if second is None else [first, second]
+        layout = self.layout(second is not None)
+        ids, types = [], []
+        for specials, special_types, text, text_type in zip(
+            layout.specials, layout.special_types, texts, layout.text_types
+        ):
+            ids += [*specials, *text]
+            types += [*special_types, *[text_type] * len(text)]
+        ids += layout.specials[-1]
+        types += layout.special_types[-1]
         length = len(ids)
         assert length <= self.seq_len, (length, self.seq_len)
         padding = self.seq_len - length

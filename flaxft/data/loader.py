@@ -163,8 +163,8 @@ class PretrainLoader(StepLoader):
         Args:
             examples: the rows to serve (N >= 1).
             vocab_size: random replacement tokens are drawn below it.
-            special_ids: "mask" and the other special ids (`special_token_ids(tokenizer)`);
-                none of them is ever a random replacement.
+            special_ids: the ids by role, "mask" and the others
+                (`special_token_ids(tokenizer)`); none of them is ever a random replacement.
             mask_rate: fraction of real non-special tokens to predict.
             max_predictions: M; default `max(1, round(mask_rate * L))`, which always fits.
             whole_word: mask whole words.

@@ -1,8 +1,9 @@
 """Dynamic masked-language-model masking of one row, drawn from a caller-given generator.
 
 BERT's recipe: of the real non-special tokens, `round(mask_rate * count)` (at least 1,
-at most `max_predictions`) are chosen; each chosen token independently becomes [MASK]
-with probability 0.8, a random non-special token with 0.1, or stays itself with 0.1.
+at most `max_predictions`) are chosen; each chosen token independently becomes the mask
+token ([MASK], <mask>) with probability 0.8, a random non-special token with 0.1, or
+stays itself with 0.1.
 With whole-word masking, whole words (a word start and the pieces after it) are drawn
 in random order and taken while they fit the budget; a word that would overflow it is
 skipped, as in the original `create_pretraining_data.py`.
@@ -34,10 +35,10 @@ def mask_example(
 
     Args:
         input_ids: [L] int, the unmasked row.
-        special_mask: [L] bool, True on [CLS], [SEP] and [PAD]: never chosen.
+        special_mask: [L] bool, True on the cls, sep and pad tokens: never chosen.
         word_starts: [L] bool, True on the first piece of each word (whole-word masking).
         rng: the source of all randomness.
-        mask_id: the [MASK] id.
+        mask_id: the mask token's id ([MASK], <mask>).
         vocab_size: random replacements are drawn from [0, vocab_size) ...
         special_ids: ... minus these ids.
         max_predictions: M, the number of prediction slots.

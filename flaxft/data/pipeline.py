@@ -43,7 +43,8 @@ def build_examples(
     Args:
         corpus: a corpus name for `read_documents` (path, glob, dataset, DEFAULT_CORPUS),
             or the documents themselves.
-        tokenizer: splits text into ids; must know the BERT special tokens.
+        tokenizer: splits text into ids; must have every special token role
+            (`special_token_ids`).
         seq_len, format, seed, short_seq_prob: as in `make_examples`.
         cache_dir: folder for cached .npz files; None builds without caching.
         split: "train" or "eval": the documents `split_documents(D, eval_fraction)` gives.

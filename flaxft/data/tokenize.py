@@ -81,9 +81,14 @@ def tokenize_documents(
     """Splits each document into sentences and tokenizes them without special tokens.
 
     Sentences are encoded with `tokenizer.encode_batch`, `batch_size` documents at a time.
-    Truncation and padding configured on `tokenizer` are ignored, and special-token text
-    in documents (a literal "[SEP]") is tokenized as ordinary text, so no special id ever
-    comes from a document. `tokenizer` itself is not modified.
+    Each sentence after a document's first is encoded with the space that parts it from
+    the one before (a line break counts as a space), so a byte-level BPE tokenizer marks
+    its first word with "Ġ" as in running text, where fine-tuning meets it; WordPiece and
+    SentencePiece tokenizers ignore that space. Truncation and padding configured on
+    `tokenizer` are ignored, and special-token text in documents (a literal "[SEP]") is
+    tokenized as ordinary text, so no special id comes from a document (unless the
+    model's own vocabulary holds the special pieces, as XLM-R's Unigram model does).
+    `tokenizer` itself is not modified.
 
     Returns:
         The `TokenizedCorpus`; documents with no tokens are dropped.
@@ -114,9 +119,12 @@ def _tokenize_batch(
     sentence_counts [D] int64 (sentences per document) of the non-empty sentences and
     documents among `documents`."""
     sentences = [split_sentences(document) for document in documents]
-    encodings = tokenizer.encode_batch(
-        list(itertools.chain.from_iterable(sentences)), add_special_tokens=False
-    )
+    texts = [
+        f" {sentence}" if index else sentence
+        for document in sentences
+        for index, sentence in enumerate(document)
+    ]
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
     lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
     total = int(lengths.sum())
     token_ids = np.fromiter(

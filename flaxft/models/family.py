@@ -28,7 +28,7 @@ Array = jax.Array
 # the classes: <Family>Model, ForPreTraining, ForMaskedLM, ForSequenceClassification, ...
 HEAD_ROLES = (
     "encoder",  # bare encoder: last_hidden_state (and pooler_output where the family has one)
-    "pretraining",  # the family's own pretraining heads (BERT: masked LM + next sentence)
+    "pretraining",  # the family's own pretraining model (BERT: MLM + next sentence; ELECTRA: generator + discriminator)
     "masked_lm",
     "replaced_token_detection",  # ELECTRA's discriminator: per-token logits, replaced or not
     "sequence_classification",
@@ -52,7 +52,9 @@ class EncoderOutput:
     positions per row; pooler_output [B, D] (None without a pooler);
     mlm_logits [B, L, V] or [B, M, V] at masked positions; nsp_logits [B, 2];
     logits [B, num_labels] (sequence) or [B, L, num_labels] (token);
-    start_logits / end_logits [B, L].
+    start_logits / end_logits [B, L];
+    sampled_ids [B, M]: ELECTRA pretraining's generator samples at the masked positions
+    (the tokens its discriminator saw there).
     """
 
     last_hidden_state: Array
@@ -62,6 +64,7 @@ class EncoderOutput:
     logits: Array | None = None
     start_logits: Array | None = None
     end_logits: Array | None = None
+    sampled_ids: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +219,10 @@ class Family:
     hf: its Hugging Face format.
     train_flops(config, batch, seq_len, max_predictions, with_nsp): model FLOPs of one
         pretraining step (forward + backward), for MFU.
+    pretraining_objective: what pretraining trains it to do: "masked_lm" (masked LM, plus
+        next-sentence prediction when data.format is "bert" and it has a "pretraining"
+        head) or "replaced_token_detection" (ELECTRA: its "pretraining" head is a generator
+        and a discriminator).
     """
 
     name: str
@@ -229,6 +236,7 @@ class Family:
     logical_axes: tuple[str, ...]
     hf: HFFormat
     train_flops: Callable[..., float]
+    pretraining_objective: str = "masked_lm"
 
     def architecture(self, role: str) -> type[nn.Module]:
         """The module class for head `role`; InputError if the family has no such head."""
@@ -236,7 +244,20 @@ class Family:
             raise InputError(f"model family {self.name!r} has no {role} head (it has {sorted(self.heads)})")
         return self.heads[role]
 
+    def check_tokenizer(self, kind: str, source: str) -> None:
+        """InputError naming `source` when its tokenizer kind is not the family's."""
+        if kind != self.tokenizer:
+            raise InputError(f"{source} is a {kind} tokenizer, but model family {self.name!r} takes "
+                             f"{self.tokenizer} tokenizers")
+
     @property
     def architectures(self) -> dict[str, type[nn.Module]]:
-        """Module classes by transformers architecture name."""
+        """Module classes by architecture name (transformers' names, but for models that
+        train several Hugging Face models at once)."""
         return {cls.__name__: cls for cls in self.heads.values()}
+
+    @property
+    def hf_architectures(self) -> dict[str, type[nn.Module]]:
+        """The architectures a Hugging Face folder can hold: all but those split into
+        several models on export (ELECTRA pretraining's, with `hf_models`)."""
+        return {name: cls for name, cls in self.architectures.items() if not hasattr(cls, "hf_models")}

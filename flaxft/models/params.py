@@ -42,8 +42,25 @@ def _replaced(params: dict, path: tuple[str, ...], value: dict) -> dict:
 
 def restack(params: dict, model: nn.Module, scan_layers: bool) -> dict:
     """`params` (plain arrays, of `model`'s family) in the requested layer layout,
-    converted if they are in the other one."""
+    converted if they are in the other one. Every layer stack is converted: the family's
+    (at its `layers_path`) and those of models nested under a top-level key at the same
+    relative path (ELECTRA pretraining's generator)."""
     path = family_of(model).layers_path
+    for nested in [(key, *path) for key, value in params.items() if _has_path(value, path)]:
+        params = _restacked(params, nested, scan_layers)
+    return _restacked(params, path, scan_layers)
+
+
+def _has_path(tree, path: tuple[str, ...]) -> bool:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+def _restacked(params: dict, path: tuple[str, ...], scan_layers: bool) -> dict:
+    """`params` with the layer stack at `path` in the requested layout."""
     stack = _subtree(params, path)
     if scan_layers == ("layers" in stack):
         return params

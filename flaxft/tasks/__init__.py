@@ -7,8 +7,10 @@ from flaxft.tasks.classification import Classification
 from flaxft.tasks.ner import NER
 from flaxft.tasks.pretraining import Pretraining
 from flaxft.tasks.qa import QA
+from flaxft.tasks.replaced_token_detection import ReplacedTokenDetection
 from flaxft.tasks.task import FinetuneTask, TaskData, from_config
 
 FINETUNE_TASKS: dict[str, type] = {"classification": Classification, "ner": NER, "qa": QA}
 
-__all__ = ["FINETUNE_TASKS", "NER", "QA", "Classification", "FinetuneTask", "Pretraining", "TaskData", "from_config"]
+__all__ = ["FINETUNE_TASKS", "NER", "QA", "Classification", "FinetuneTask", "Pretraining", "ReplacedTokenDetection",
+           "TaskData", "from_config"]

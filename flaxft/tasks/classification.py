@@ -15,10 +15,11 @@ Batch fields, unpacked (N = B rows = B examples, L = seq_len):
     for regression); weights [B] float32 (added by the loader; 0 on padding rows).
 Packed (K = max_segments examples per row at most):
     input_ids, attention_mask, token_type_ids, segment_ids [B, L] int32 (segment ids
-    1..k per row, 0 on padding); cls_positions [B, K] int32 (each example's [CLS] in its
-    row; 0 on empty slots); labels [B, K]; label_weights [B, K] float32 (1 on filled
-    slots); weights [B]. The model must return logits [B, K, C] for cls_positions: the
-    pooler and classifier applied to the hidden state at each slot's [CLS].
+    1..k per row, 0 on padding); cls_positions [B, K] int32 (each example's first token,
+    its [CLS] or <s>, in its row; 0 on empty slots); labels [B, K]; label_weights [B, K]
+    float32 (1 on filled slots); weights [B]. The model must return logits [B, K, C] for
+    cls_positions: the pooler and classifier applied to the hidden state at each slot's
+    first token.
 """
 
 import dataclasses
@@ -32,8 +33,9 @@ import optax
 from tokenizers import Tokenizer
 
 from flaxft.data import packing
-from flaxft.data.features import Features, RowTemplate, plain_tokenizer, stack_rows, truncate_pair
+from flaxft.data.features import Features, RowTemplate, stack_rows, truncate_pair
 from flaxft.data.records import Split, load_splits, require_fields, split_fields, text_value
+from flaxft.data.tokenizer import plain_tokenizer
 from flaxft.errors import InputError
 from flaxft.models import EncoderOutput
 from flaxft.tasks import metrics as metrics_lib
@@ -148,7 +150,8 @@ def make_features(
     labels: list | None = None,
     dataset: str = "",
 ) -> Features:
-    """Tokenizes every record into one row [CLS] a [SEP] (b [SEP]), truncated longest-first
+    """Tokenizes every record into one row laid out as the tokenizer lays out one text or
+    a pair ([CLS] a [SEP] (b [SEP]), <s> a </s> (</s> b </s>)), truncated longest-first
     to `seq_len` and padded.
 
     labels: the class list from `infer_labels` (None: regression, float labels).
@@ -256,8 +259,9 @@ def pack_features(
     features: Features, seq_len: int | None = None, max_segments: int = packing.DEFAULT_MAX_SEGMENTS
 ) -> Features:
     """Packs unpacked features (from `make_features`) several examples per row
-    (`flaxft.data.packing.plan`). Each example keeps its tokens and token types; its
-    [CLS] position goes to `cls_positions` and its label to `labels` at its slot.
+    (`flaxft.data.packing.plan`). Each example keeps its tokens and token types; the
+    position of its first token ([CLS] or <s>) goes to `cls_positions` and its label to
+    `labels` at its slot.
 
     seq_len: the packed row length (default: that of the features; may be larger).
     Returns Features with the packed batch fields of the module docstring; host as the

@@ -2,7 +2,9 @@
 
 Each record has `tokens_field` (a list of words, or a string split on whitespace) and
 `tags_field` (one tag per word: BIO/IOBES strings such as "B-PER", or integers naming a
-Hugging Face `ClassLabel`'s classes). Words are tokenized into sub-words; only the first
+Hugging Face `ClassLabel`'s classes). Words are tokenized into sub-words as transformers
+tokenizes pre-split words (`is_split_into_words=True`; byte-level BPE with
+`add_prefix_space=True`, see `flaxft.data.tokenizer.words_tokenizer`); only the first
 sub-word of each word carries its tag (label -100 elsewhere, as Hugging Face's run_ner
 does by default), and the loss ignores the rest and the padding. Words cut off by
 truncation to seq_len get no prediction; evaluation counts them as tagged "O" (so their
@@ -25,8 +27,9 @@ import optax
 from tokenizers import Tokenizer
 
 from flaxft.data import packing
-from flaxft.data.features import Features, RowTemplate, plain_tokenizer, stack_rows
+from flaxft.data.features import Features, RowTemplate, stack_rows
 from flaxft.data.records import Split, load_splits, require_fields
+from flaxft.data.tokenizer import words_tokenizer
 from flaxft.errors import InputError
 from flaxft.models import EncoderOutput
 from flaxft.tasks import metrics as metrics_lib
@@ -121,8 +124,9 @@ def make_features(
     tags_field: str = "ner_tags",
     tags: Sequence[str],
 ) -> Features:
-    """Tokenizes each record's words into one row [CLS] sub-words [SEP] (truncated to
-    seq_len), labelling the first sub-word of each word with its tag id.
+    """Tokenizes each record's words into one row, the tokenizer's special tokens around
+    the sub-words ([CLS] sub-words [SEP], <s> sub-words </s>; truncated to seq_len),
+    labelling the first sub-word of each word with its tag id.
 
     Returns Features: arrays input_ids, attention_mask, token_type_ids, labels [N, L]
     int32; host: word_index [N, L] int32 (the word whose first sub-word sits at each
@@ -139,6 +143,7 @@ def make_features(
     names = split.class_names.get(tags_field)
     template = RowTemplate.of(tokenizer, seq_len)
     budget = template.budget(False)
+    (first_position,) = template.text_starts(0)
     words_per_example, tags_per_example = [], []
     for index, record in enumerate(split.records):
         words = [str(w) for w in _sequence(record[tokens_field], split.source, tokens_field, index)]
@@ -160,8 +165,7 @@ def make_features(
                 )
         words_per_example.append(words)
         tags_per_example.append(list(example_tags))
-    tokenizer = plain_tokenizer(tokenizer)
-    encodings = tokenizer.encode_batch(
+    encodings = words_tokenizer(tokenizer).encode_batch(
         [w if w else [""] for w in words_per_example],
         is_pretokenized=True,
         add_special_tokens=False,
@@ -174,7 +178,7 @@ def make_features(
         row_labels = np.full(seq_len, IGNORE, np.int32)
         row_words = np.full(seq_len, -1, np.int32)
         previous = None
-        for position, word in enumerate(word_ids, start=1):  # position 0 is [CLS]
+        for position, word in enumerate(word_ids, start=first_position):
             if word is not None and word != previous:
                 row_labels[position] = tag_ids[example_tags[word]]
                 row_words[position] = word

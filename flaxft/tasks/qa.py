@@ -4,20 +4,24 @@ Records hold `question_field`, `context_field` and `answers_field` in SQuAD's la
 {"text": [...], "answer_start": [...]} (character offsets into the context; an empty
 list means unanswerable, as in SQuAD 2.0). The first answer trains.
 
-Windows: each example becomes one or more rows [CLS] question [SEP] context window [SEP].
-The question keeps at most `max_query_length` tokens (and at most seq_len // 2); a
-context longer than the room left is split into windows that overlap by `doc_stride`
-tokens (Hugging Face's `stride`, run_qa's `--doc_stride`). A window's start/end
-positions are the answer's first and last tokens, or 0 ([CLS]) when the answer is not
-wholly inside it, as run_qa labels them.
+Windows: each example becomes one or more question-context rows, laid out as the
+tokenizer lays out pairs ([CLS] question [SEP] window [SEP], <s> question </s></s>
+window </s>). The question keeps at most `max_query_length` tokens (and at most
+seq_len // 2); a context longer than the room left is split into windows that overlap by
+`doc_stride` tokens (Hugging Face's `stride`, run_qa's `--doc_stride`). A window's
+start/end positions are the answer's first and last tokens, or 0 (the leading [CLS] or
+<s>) when the answer is not wholly inside it, as run_qa labels them.
 
 Evaluation scores the top `n_best_size` start and end positions among the context
 tokens of every window of an example (run_qa takes the top n of all positions and then
 drops those outside the context, so it may try fewer), keeps spans with end >= start
 and at most `max_answer_length` tokens, and answers with the best start + end logit
-over all windows, mapped back to its characters in the context. With unanswerable
-examples (SQuAD 2.0) the empty answer wins when the smallest [CLS] score of the
-example's windows beats the best span, as run_qa decides with a threshold of 0.
+over all windows, mapped back to its characters in the context by the tokenizer's
+offsets (those transformers' `return_offsets_mapping` gives: byte-level BPE leaves the
+space before a word out unless its post-processor keeps it, `trim_offsets=False`). With
+unanswerable examples (SQuAD 2.0) the empty answer wins when the smallest score of
+position 0 (the leading [CLS] or <s>) over the example's windows beats the best span, as
+run_qa decides with a threshold of 0.
 
 Batch fields: input_ids, attention_mask, token_type_ids [B, L] int32; start_positions,
 end_positions [B] int32; weights [B] float32 (from the loader).
@@ -32,8 +36,9 @@ import numpy as np
 import optax
 from tokenizers import Tokenizer
 
-from flaxft.data.features import Features, RowTemplate, plain_tokenizer, stack_rows
+from flaxft.data.features import Features, RowTemplate, stack_rows
 from flaxft.data.records import Split, load_splits, require_fields, text_value
+from flaxft.data.tokenizer import plain_tokenizer
 from flaxft.errors import InputError
 from flaxft.models import EncoderOutput
 from flaxft.tasks import metrics as metrics_lib
@@ -129,8 +134,8 @@ def make_features(
     if doc_stride < 0 or doc_stride >= room:
         raise InputError(
             f"task.doc_stride ({doc_stride}) must be >= 0 and below the context room of a "
-            f"window ({room} tokens = seq_len {seq_len} - 3 special tokens - up to {max_query} "
-            "question tokens)"
+            f"window ({room} tokens = seq_len {seq_len} - {template.pair.num_specials} special "
+            f"tokens - up to {max_query} question tokens)"
         )
     tokenizer = plain_tokenizer(tokenizer)
     questions = [
@@ -162,17 +167,18 @@ def make_features(
         offsets = np.asarray(context_encodings[i].offsets, np.int64).reshape(-1, 2)
         answer_tokens = _answer_tokens(offsets, answer_starts[0], len(texts[0])) if texts else None
         width = template.budget(True) - len(question_ids)
+        _, window_offset = template.text_starts(len(question_ids), width)
         first = 0
         while True:
             last = min(first + width, len(ids))
             rows.append(template.row(question_ids, ids[first:last]))
             span = (0, 0)
             if answer_tokens is not None and first <= answer_tokens[0] and answer_tokens[1] < last:
-                span = tuple(t - first + len(question_ids) + 2 for t in answer_tokens)
+                span = tuple(t - first + window_offset for t in answer_tokens)
             starts.append(span[0])
             ends.append(span[1])
             example_index.append(i)
-            context_start.append(len(question_ids) + 2)
+            context_start.append(window_offset)
             window_start.append(first)
             window_length.append(last - first)
             if last >= len(ids):
@@ -242,7 +248,7 @@ def evaluate(
         host["has_unanswerable"] if version_2_with_negative is None else version_2_with_negative
     )
     best = {}  # example -> (score, first char, end char)
-    null = {}  # example -> smallest [CLS] score over its windows
+    null = {}  # example -> smallest score of position 0 over its windows
     for f, example in enumerate(host["example_index"].tolist()):
         null[example] = min(null.get(example, np.inf), start_logits[f, 0] + end_logits[f, 0])
         offset, length = host["context_start"][f], host["window_length"][f]

@@ -1,4 +1,5 @@
-"""ELECTRA (`model_type` "electra"): the family declaration and its classes."""
+"""ELECTRA (`model_type` "electra"): the family declaration and its classes; its pretraining
+is replaced-token detection (`ElectraGeneratorDiscriminator`)."""
 
 from flaxft.models.bert import FAMILY as BERT
 from flaxft.models.electra.configuration import ElectraConfig
@@ -12,6 +13,7 @@ from flaxft.models.electra.heads import (
     ElectraForTokenClassification,
     ElectraModel,
 )
+from flaxft.models.electra.pretraining import ElectraGeneratorDiscriminator
 from flaxft.models.electra.weights import HF_FORMAT
 from flaxft.models.family import Family
 
@@ -21,6 +23,7 @@ FAMILY = Family(
     config_class=ElectraConfig,
     heads={
         "encoder": ElectraModel,
+        "pretraining": ElectraGeneratorDiscriminator,
         "replaced_token_detection": ElectraForPreTraining,
         "masked_lm": ElectraForMaskedLM,
         "sequence_classification": ElectraForSequenceClassification,
@@ -34,6 +37,7 @@ FAMILY = Family(
     logical_axes=BERT.logical_axes,
     hf=HF_FORMAT,
     train_flops=train_flops,
+    pretraining_objective="replaced_token_detection",
 )
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "ElectraForQuestionAnswering",
     "ElectraForSequenceClassification",
     "ElectraForTokenClassification",
+    "ElectraGeneratorDiscriminator",
     "ElectraModel",
     "ElectraModule",
 ]

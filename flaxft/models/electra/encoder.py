@@ -4,6 +4,7 @@ projected to the hidden size D when they differ; no pooler.
 Shape suffixes as in `flaxft.models.bert.encoder`; E embedding size.
 """
 
+import flax.linen as nn
 import jax
 
 from flaxft.models.bert.encoder import BertEmbeddings, BertEncoder, BertModule
@@ -14,16 +15,23 @@ Array = jax.Array
 
 
 class ElectraModule(BertModule):
-    """Embeddings [B, L, E], `embeddings_project` E -> D (when E != D), BERT's layers."""
+    """Embeddings [B, L, E], `embeddings_project` E -> D (when E != D), BERT's layers.
+
+    shared_embeddings: an embeddings module owned elsewhere, used instead of its own (the
+    generator's in ELECTRA pretraining, which shares the discriminator's)."""
 
     config: ElectraConfig
     add_pooling_layer: bool = False
+    shared_embeddings: nn.Module | None = None
 
     def setup(self):
         cfg = self.config
         if self.add_pooling_layer:
             raise ValueError("ELECTRA has no pooler")
-        self.embeddings = BertEmbeddings(cfg, features=cfg.embedding_size)
+        if self.shared_embeddings is not None:
+            self.embeddings = self.shared_embeddings
+        else:
+            self.embeddings = BertEmbeddings(cfg, features=cfg.embedding_size)
         if cfg.embedding_size != cfg.hidden_size:
             self.embeddings_project = dense(cfg, cfg.hidden_size, ("embed", "hidden"), ("hidden",), "embeddings_project")
         self.encoder = BertEncoder(cfg)
