@@ -13,14 +13,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from flaxft.data.corpus import default_corpus
 from flaxft.data.features import RowTemplate, truncate_pair
-from flaxft.data.tokenizer import (
-    load_tokenizer,
-    save_tokenizer,
-    special_token_ids,
-    tokenizer_kind,
-    train_byte_level_bpe,
-    train_wordpiece,
-)
+from flaxft.data.tokenizer import load_tokenizer, special_token_ids, tokenizer_kind
+from flaxft.data.tokenizer_training import save_tokenizer, train_byte_level_bpe, train_wordpiece
 from flaxft.errors import InputError
 from tests.tokenizers_for_tests import roberta_style_folder, transformers_class
 
@@ -109,7 +103,7 @@ def test_train_wordpiece_is_deterministic_and_replaces_out_dir(small_corpus, tmp
     first = train_wordpiece(small_corpus, 800, str(tmp_path / "a"))
     (tmp_path / "docs.json").write_text(json.dumps(small_corpus))
     program = (  # another process, other hash seed: other set and dict orders
-        "import json, sys; from flaxft.data.tokenizer import train_wordpiece; "
+        "import json, sys; from flaxft.data.tokenizer_training import train_wordpiece; "
         "train_wordpiece(json.load(open(sys.argv[1])), 800, sys.argv[2])"
     )
     subprocess.run(
@@ -133,7 +127,8 @@ def test_small_corpus_vocab_is_padded_with_reserved_tokens(tmp_path):
 
 
 def test_copy_tokenizer_files_from_a_folder_or_a_file(tmp_path):
-    from flaxft.data.tokenizer import copy_tokenizer_files, save_tokenizer
+    from flaxft.data.tokenizer import copy_tokenizer_files
+    from flaxft.data.tokenizer_training import save_tokenizer
 
     tokenizer = train_wordpiece(["a few words to learn from, and a few more words"], 40)
     save_tokenizer(tokenizer, tmp_path / "folder")
@@ -264,7 +259,7 @@ def test_train_byte_level_bpe_is_deterministic(small_corpus, tmp_path):
     train_byte_level_bpe(small_corpus, 1500, str(tmp_path / "here"))
     (tmp_path / "docs.json").write_text(json.dumps(small_corpus))
     program = (
-        "import json, sys; from flaxft.data.tokenizer import train_byte_level_bpe; "
+        "import json, sys; from flaxft.data.tokenizer_training import train_byte_level_bpe; "
         "train_byte_level_bpe(json.load(open(sys.argv[1])), 1500, sys.argv[2])"
     )
     for seed in ("1", "987"):  # other processes, other hash seeds

@@ -19,13 +19,11 @@ from flaxft.data.tokenizer import (
     load_tokenizer,
     plain_tokenizer,
     row_layouts,
-    save_tokenizer,
     special_token_ids,
     tokenizer_kind,
-    train_byte_level_bpe,
-    train_wordpiece,
     words_tokenizer,
 )
+from flaxft.data.tokenizer_training import save_tokenizer, train_byte_level_bpe, train_wordpiece
 
 __all__ = [
     "DEFAULT_CORPUS",
