@@ -39,6 +39,14 @@ class Task(Protocol):
     def eval_outputs(self, out: Any, batch: Batch) -> dict[str, jax.Array]:
         """What an evaluation step hands to `Evaluation.score` for one batch."""
 
+    # Optional: `summarize(metrics: dict[str, float]) -> dict[str, float]`, on the host:
+    # metrics derived from the logged whole-batch ones (ratios of totals), see `summarize`.
+
+
+def summarize(task: Task, metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` as the task reports them: through its `summarize` if it has one."""
+    return task.summarize(metrics) if hasattr(task, "summarize") else metrics
+
 
 class Loader(Protocol):
     """This host's training batches, a pure function of the step, checkpointable."""

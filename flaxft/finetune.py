@@ -108,7 +108,8 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     tokenizer_dir = tokenizer_source(config)
     tokenizer = load_tokenizer(str(tokenizer_dir))
     model_family, base = base_model(config)
-    model_family.check_tokenizer(tokenizer_kind(tokenizer), str(tokenizer_dir))
+    if config.data.tokenizer:  # a checkpoint's own tokenizer is its own business (klue/roberta-base: WordPiece)
+        model_family.check_tokenizer(tokenizer_kind(tokenizer), str(tokenizer_dir))
     task_data = task.build(tokenizer, config.seq_len, train_file=config.task.train_file,
                            validation_file=config.task.validation_file, dataset=config.task.dataset)
     if task_data.validation is None:

@@ -26,7 +26,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from flaxft import checkpoint, optim, report, sharding
-from flaxft.contracts import Batch, HostBatch, Run, Task
+from flaxft.contracts import Batch, HostBatch, Run, Task, summarize
 from flaxft.files import PathKind, kind_of
 from flaxft.models.params import init_params
 from flaxft.preemption import Interrupted, Preemption
@@ -276,7 +276,7 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
 
     writer = report.MetricsWriter(run.workdir, active=is_writer, purge_step=start + 1)
     progress = report.ProgressBar(config.num_train_steps, active=is_writer)
-    log = StepLogger(config, writer, progress, start)
+    log = StepLogger(config, writer, progress, start, functools.partial(summarize, run.task))
     stop = False
     try:
         with Preemption() as preemption:
@@ -326,8 +326,8 @@ class StepLogger:
     they are finite, and logs the steps due (every log_every_steps, the first and the
     last) with the training throughput."""
 
-    def __init__(self, config, writer, progress, start: int):
-        self.config, self.writer, self.progress = config, writer, progress
+    def __init__(self, config, writer, progress, start: int, summarize=lambda metrics: metrics):
+        self.config, self.writer, self.progress, self.summarize = config, writer, progress, summarize
         self.tokens_per_step = config.global_batch_size * config.seq_len
         self.first_step = start + 1  # logged too, so the starting loss shows at once
         self.pending = None
@@ -359,6 +359,7 @@ class StepLogger:
         if not self._logged(step):
             return
         now = time.monotonic()
+        scalars = self.summarize(scalars)
         scalars["tokens_per_sec"] = self.tokens_per_step * (step - self.clock_step) / max(now - self.clock_time, 1e-9)
         self.restart_clock(step)
         self.writer.write(step, scalars)

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from flaxft import checkpoint, data, optim, sharding
 from flaxft import config as config_lib
-from flaxft.contracts import HostBatch, Run
+from flaxft.contracts import HostBatch, Run, Task, summarize
 from flaxft.data.tokenizer import copy_tokenizer_files
 from flaxft.errors import InputError
 from flaxft.files import TOKENIZER
@@ -27,10 +27,12 @@ from flaxft.tasks import Pretraining, ReplacedTokenDetection
 @dataclasses.dataclass
 class MeanOverBatches:
     """Evaluation of a pretraining run: the task's metrics averaged over the first
-    `num_batches` batches of the held-out examples (`flaxft.contracts.Evaluation`)."""
+    `num_batches` batches of the held-out examples, then summarized by the task
+    (`flaxft.contracts.Evaluation`)."""
 
     loader: data.PretrainLoader
     num_batches: int
+    task: Task
 
     def batch(self, index: int) -> HostBatch:
         return self.loader.get_batch(index)
@@ -40,7 +42,8 @@ class MeanOverBatches:
         for metrics in outputs:
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-        return {f"eval_{k}": v / len(outputs) for k, v in totals.items()}
+        means = summarize(self.task, {k: v / len(outputs) for k, v in totals.items()})
+        return {f"eval_{k}": v for k, v in means.items()}
 
 
 # Tokenizers flaxft trains on a corpus, by the kind a family's checkpoints come with.
@@ -70,10 +73,16 @@ OBJECTIVES = {"masked_lm": Pretraining, "replaced_token_detection": ReplacedToke
 def pretraining_task(config: ml_collections.ConfigDict, model_family: Family) -> Pretraining | ReplacedTokenDetection:
     """The task pretraining trains `model_family` for; InputError for a data format its
     heads cannot learn from (next-sentence pairs for a family without an NSP head)."""
-    task = OBJECTIVES[model_family.pretraining_objective].from_config(config)
-    if task.next_sentence and "pretraining" not in model_family.heads:
+    objective = model_family.pretraining_objective
+    task = OBJECTIVES[objective].from_config(config)
+    trains_pairs = config.data.format == "bert"
+    if trains_pairs and (objective != "masked_lm" or "pretraining" not in model_family.heads):
         raise InputError(f"config.data.format 'bert' trains next-sentence prediction, which model family "
                          f"{model_family.name!r} has no head for; set config.data.format='roberta'")
+    weight = config.pretraining.discriminator_weight
+    if objective != "replaced_token_detection" and weight != config_lib.default_config().pretraining.discriminator_weight:
+        raise InputError(f"config.pretraining.discriminator_weight is for replaced-token detection (ELECTRA); "
+                         f"model family {model_family.name!r} pretrains by {objective}")
     return task
 
 
@@ -102,7 +111,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     train_loader, eval_loader = loaders(config, workdir, documents, tokenizer)
     return Run(
         config=config, workdir=workdir, task=task, model=model, tx=optim.make_optimizer(config), mesh=mesh,
-        rules=rules, train_loader=train_loader, evaluation=MeanOverBatches(eval_loader, config.eval_batches),
+        rules=rules, train_loader=train_loader, evaluation=MeanOverBatches(eval_loader, config.eval_batches, task),
         init_params=init_params,
         write_files=checkpoint.run_files_writer(write_tokenizer, config.init_from),
     )

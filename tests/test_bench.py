@@ -119,7 +119,7 @@ def test_electra_pretraining_flops_equal_the_matmuls_jax_differentiates(embeddin
     positions = jnp.tile(jnp.arange(1, predictions + 1), (batch, 1))
 
     def loss(params):
-        out = model.apply({"params": params}, ids, masked_positions=positions)
+        out = model.apply({"params": params}, ids, masked_positions=positions, masked_weights=jnp.ones(positions.shape))
         return out.mlm_logits.sum() + out.logits.sum()
 
     counted = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)

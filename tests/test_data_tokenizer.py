@@ -73,7 +73,7 @@ def test_special_token_ids(minilm_dir, tmp_path):
 def test_missing_tokenizer_names_the_path(tmp_path):
     with pytest.raises(InputError, match="no-tokenizer-here"):
         load_tokenizer(str(tmp_path / "no-tokenizer-here"))
-    with pytest.raises(InputError, match="no tokenizer.json or vocab.txt"):
+    with pytest.raises(InputError, match="no tokenizer.json, vocab.txt or vocab.json"):
         load_tokenizer(str(tmp_path))
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(InputError, match="cannot load tokenizer"):
@@ -249,10 +249,27 @@ def test_train_byte_level_bpe_loads_in_transformers(small_corpus, tmp_path):
     assert load_tokenizer(str(out_dir)).to_str() == tokenizer.to_str()
 
 
-def test_pretraining_trains_byte_level_bpe_for_families_that_use_it():
-    from flaxft.pretrain import TRAINERS
-
-    assert TRAINERS["byte_level_bpe"] is train_byte_level_bpe
+def test_a_roberta_folder_without_tokenizer_json_loads_as_transformers_builds_it(small_corpus, tmp_path):
+    """vocab.json + merges.txt (+ config files), as slow-tokenizer saves leave them: the
+    same rows as the full folder and as transformers' RobertaTokenizerFast."""
+    full = tmp_path / "full"
+    train_byte_level_bpe(small_corpus, 1500, str(full))
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    for file in full.iterdir():
+        if file.name != "tokenizer.json":
+            shutil.copy(file, slow / file.name)
+    theirs = transformers.AutoTokenizer.from_pretrained(slow)
+    assert isinstance(theirs, transformers.RobertaTokenizerFast)
+    ours = load_tokenizer(str(slow))
+    for texts in (["The cat sat."], ["Where is it? <mask> here", "It is in Paris, said the man."]):
+        assert ours.encode(*texts).ids == theirs(*texts).input_ids
+        if "<mask>" not in texts[0]:  # the trained tokenizer.json strips the space before <mask>, as RoBERTa's
+            assert load_tokenizer(str(full)).encode(*texts).ids == theirs(*texts).input_ids
+    assert special_token_ids(ours) == special_token_ids(load_tokenizer(str(full)))
+    (slow / "merges.txt").unlink()
+    with pytest.raises(InputError, match=r"no tokenizer.json, vocab.txt or vocab.json \+ merges.txt"):
+        load_tokenizer(str(slow))
 
 
 def test_train_byte_level_bpe_is_deterministic(small_corpus, tmp_path):

@@ -13,6 +13,7 @@ import transformers
 
 from flaxft import config as config_lib
 from flaxft import convert, finetune, pretrain, train
+from flaxft.data.tokenizer import copy_tokenizer_files
 from flaxft.errors import InputError
 from tests.hf_models import FAMILY_CONFIGS, save_random_hf_model
 from tests.test_finetune import (
@@ -22,7 +23,7 @@ from tests.test_finetune import (
     read_jsonl,
     subset,
 )
-from tests.tiny import set_dotted, tiny_config, write_corpus
+from tests.tiny import set_dotted, tiny_config, tiny_electra_config, write_corpus
 from tests.tokenizers_for_tests import roberta_style_folder, xlmr_style_folder
 
 TINY_ROBERTA = dict(vocab_size=600, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -147,7 +148,9 @@ def test_xlm_roberta_from_a_hugging_face_folder_with_a_sentencepiece_tokenizer(t
 
 def test_a_tokenizer_of_another_kind_is_refused(corpus, tmp_path, minilm_dir):
     """A RoBERTa pretrained with a WordPiece vocabulary, or MiniLM (BERT) fine-tuned with a
-    byte-level BPE: one line naming the tokenizer, its kind and the family's."""
+    byte-level BPE given as data.tokenizer: one line naming the tokenizer, its kind and the
+    family's. A checkpoint's own tokenizer is not second-guessed (klue/roberta-base is a
+    RoBERTa with WordPiece)."""
     config = roberta_pretraining_config(corpus, **{"data.tokenizer": str(minilm_dir)})
     config.model.vocab_size = 30522
     with pytest.raises(InputError, match=r"is a wordpiece tokenizer, but model family 'roberta' takes "
@@ -161,3 +164,26 @@ def test_a_tokenizer_of_another_kind_is_refused(corpus, tmp_path, minilm_dir):
     with pytest.raises(InputError, match=r"bpe is a byte_level_bpe tokenizer, but model family 'bert' takes "
                                          r"wordpiece tokenizers"):
         finetune.setup(config, tmp_path / "work")
+
+    roberta_with_wordpiece = tmp_path / "klue_like"
+    save_random_hf_model(roberta_with_wordpiece, "RobertaForMaskedLM",
+                         {**FAMILY_CONFIGS["roberta"]["gelu_h36_pad1"], "vocab_size": 30522})
+    copy_tokenizer_files(minilm_dir, roberta_with_wordpiece)
+    config.init_from, config.data.tokenizer = str(roberta_with_wordpiece), ""
+    with pytest.raises(InputError, match=r"unused.csv"):  # past the tokenizer, at the data
+        finetune.setup(config, tmp_path / "work")
+
+
+def test_pretraining_settings_a_family_cannot_use_are_refused(corpus, tmp_path):
+    """Next-sentence pairs for ELECTRA (no NSP head) or RoBERTa, a discriminator weight for
+    a masked-LM family: one line, nothing silently ignored."""
+    electra = tiny_electra_config(corpus, **{"data.format": "bert"})
+    with pytest.raises(InputError, match=r"data.format 'bert' trains next-sentence prediction, which model "
+                                         r"family 'electra' has no head for"):
+        pretrain.setup(electra, tmp_path / "electra")
+    with pytest.raises(InputError, match=r"data.format 'bert' .* 'roberta' has no head"):
+        pretrain.setup(roberta_pretraining_config(corpus, **{"data.format": "bert"}), tmp_path / "roberta")
+    bert = tiny_config(corpus, **{"pretraining.discriminator_weight": 10.0})
+    with pytest.raises(InputError, match=r"discriminator_weight is for replaced-token detection .* 'bert' "
+                                         r"pretrains by masked_lm"):
+        pretrain.setup(bert, tmp_path / "bert")

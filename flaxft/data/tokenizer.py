@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import (
+    AddedToken,
     Encoding,
     Tokenizer,
     decoders,
@@ -44,6 +45,7 @@ SPECIAL_TOKENS = {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK}
 # How the roles a post-processor does not show are spelt (BERT's way first).
 SPELLINGS = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"), "mask": ("[MASK]", "<mask>")}
 # Files of a tokenizer folder that name special tokens; a later one wins, as in transformers.
+_LOADABLE = ("tokenizer.json", "vocab.txt", "vocab.json")  # in order of preference
 _CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 # The attribute where `load_tokenizer` keeps the special tokens a folder's files name.
 _NAMED_TOKENS = "flaxft_named_special_tokens"
@@ -77,9 +79,11 @@ class RowLayout:
 def load_tokenizer(path: str) -> Tokenizer:
     """Loads a fast tokenizer from a Hugging Face tokenizer folder or file.
 
-    `path` is a folder holding `tokenizer.json` (used as is) or `vocab.txt` (an uncased-
+    `path` is a folder holding `tokenizer.json` (used as is), `vocab.txt` (an uncased-
     or cased-per-`tokenizer_config.json` BERT WordPiece tokenizer is built around it,
-    matching `transformers.BertTokenizerFast`), or one of those two files itself.
+    matching `transformers.BertTokenizerFast`) or `vocab.json` and `merges.txt` (RoBERTa's
+    byte-level BPE, as `transformers.RobertaTokenizerFast` builds it), or one of the first
+    two files itself.
     Truncation and padding stored in tokenizer.json are switched off, as transformers
     does unless a call asks for them. The pad, unk and mask tokens that the folder's
     `tokenizer_config.json` / `special_tokens_map.json` name are kept with the tokenizer
@@ -92,12 +96,17 @@ def load_tokenizer(path: str) -> Tokenizer:
     target = Path(path).expanduser()
     if not target.exists():
         raise InputError(f"tokenizer path {path!r} does not exist")
-    candidates = [target] if target.is_file() else [target / "tokenizer.json", target / "vocab.txt"]
+    candidates = [target] if target.is_file() else [target / name for name in _LOADABLE]
     file = next((candidate for candidate in candidates if candidate.is_file()), None)
-    if file is None:
-        raise InputError(f"tokenizer path {path!r} has no tokenizer.json or vocab.txt")
+    if file is None or (file.name == "vocab.json" and not (target / "merges.txt").is_file()):
+        hint = ("; a SentencePiece model alone is not read: AutoTokenizer.from_pretrained(folder)"
+                ".save_pretrained(folder) writes its tokenizer.json"
+                if any(target.glob("*.model")) else "")
+        raise InputError(f"tokenizer path {path!r} has no tokenizer.json, vocab.txt or vocab.json + merges.txt{hint}")
     try:
-        if file.suffix == ".json":
+        if file.name == "vocab.json":
+            tokenizer = _byte_level_bpe_from_files(target)
+        elif file.suffix == ".json":
             tokenizer = Tokenizer.from_file(str(file))
         else:
             options = _bert_options(file.parent)
@@ -202,6 +211,49 @@ def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
     }
 
 
+def _folder_config(folder: Path) -> dict[str, tuple]:
+    """`folder`'s `_CONFIG_FILES` merged (the later file wins): key -> (value, file)."""
+    merged = {}
+    for file in (folder / name for name in _CONFIG_FILES):
+        if file.is_file():
+            merged.update({k: (v, file) for k, v in json.loads(file.read_text(encoding="utf-8")).items()})
+    return merged
+
+
+def _token_text(value) -> str | None:
+    """A special token's text from its config entry (a string or an AddedToken dict)."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _byte_level_bpe_from_files(folder: Path) -> Tokenizer:
+    """The tokenizer transformers builds from a RoBERTa-style folder's `vocab.json` and
+    `merges.txt` (its RobertaConverter): byte-level BPE, `add_prefix_space` and
+    `trim_offsets` and the special tokens as the folder's config says (RoBERTa's by
+    default; the mask token strips the space before it if its entry says lstrip, as in
+    transformers 5), `<s> A </s>` / `<s> A </s></s> B </s>` rows."""
+    config = {k: value for k, (value, _) in _folder_config(folder).items()}
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
+    tokenizer = Tokenizer(models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="",
+                                     fuse_unk=False))
+    prefix = bool(config.get("add_prefix_space", False))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix)
+    tokenizer.decoder = decoders.ByteLevel()
+    token = {role: _token_text(config.get(f"{role}_token")) or default for role, default in
+             (("bos", "<s>"), ("pad", "<pad>"), ("eos", "</s>"), ("unk", "<unk>"), ("mask", "<mask>"),
+              ("cls", "<s>"), ("sep", "</s>"))}
+    mask = config.get("mask_token")  # transformers 5 strips the space before it only when told to
+    lstrip = bool(mask.get("lstrip", False)) if isinstance(mask, dict) else False
+    tokenizer.add_special_tokens([token[r] for r in ("bos", "pad", "eos", "unk")]
+                                 + [AddedToken(token["mask"], lstrip=lstrip, special=True)])
+    tokenizer.post_processor = processors.RobertaProcessing(
+        (token["sep"], vocab[token["sep"]]), (token["cls"], vocab[token["cls"]]),
+        trim_offsets=bool(config.get("trim_offsets", True)), add_prefix_space=prefix,
+    )
+    return tokenizer
+
+
 def _named_special_tokens(tokenizer: Tokenizer, folder: Path) -> dict[str, str]:
     """The pad, unk and mask tokens `folder`'s `_CONFIG_FILES` name, by role.
 
@@ -209,18 +261,15 @@ def _named_special_tokens(tokenizer: Tokenizer, folder: Path) -> dict[str, str]:
         InputError: a named token is not in the vocabulary.
     """
     named = {}
-    for file in (folder / name for name in _CONFIG_FILES):
-        config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
-        for role in SPELLINGS:
-            token = config.get(f"{role}_token")
-            token = token.get("content") if isinstance(token, dict) else token
-            if token is None:
-                continue
-            if tokenizer.token_to_id(token) is None:
-                raise InputError(
-                    f"{file} names {role}_token {token!r}, which is not in the vocabulary"
-                )
-            named[role] = token
+    config = _folder_config(folder)
+    for role in SPELLINGS:
+        value, file = config.get(f"{role}_token", (None, None))
+        token = _token_text(value)
+        if token is None:
+            continue
+        if tokenizer.token_to_id(token) is None:
+            raise InputError(f"{file} names {role}_token {token!r}, which is not in the vocabulary")
+        named[role] = token
     return named
 
 

@@ -79,6 +79,7 @@ class EncoderWithHead(nn.Module):
         return self.head(out, deterministic, cls_positions)
 
     def head(self, out: EncoderOutput, deterministic: bool, cls_positions: Array | None) -> EncoderOutput:
+        """The head's outputs filled into the encoder's `out` (bare encoder: `out` itself)."""
         return out
 
     def setup_classifier(self):
@@ -128,11 +129,11 @@ class FirstTokenClassifier(nn.Module):
         """Logits [B, num_labels], or [B, K, num_labels] at cls_positions [B, K]; float32."""
         cfg = self.config
         rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
-        first = x_BLD[:, 0] if cls_positions_BK is None else gather_positions(x_BLD, cls_positions_BK)
-        h = Dropout(rate)(first, deterministic)
-        h = activation(self.activation)(dense(cfg, cfg.hidden_size, ("embed", "hidden"), ("hidden",), "dense")(h))
-        h = Dropout(rate)(h, deterministic)
-        return dense(cfg, cfg.num_labels, ("hidden", "classes"), ("classes",), "out_proj")(h).astype(jnp.float32)
+        first_BKD = x_BLD[:, 0] if cls_positions_BK is None else gather_positions(x_BLD, cls_positions_BK)
+        h_BKD = Dropout(rate)(first_BKD, deterministic)
+        dense_BKD = dense(cfg, cfg.hidden_size, ("embed", "hidden"), ("hidden",), "dense")(h_BKD)
+        h_BKD = Dropout(rate)(activation(self.activation)(dense_BKD), deterministic)
+        return dense(cfg, cfg.num_labels, ("hidden", "classes"), ("classes",), "out_proj")(h_BKD).astype(jnp.float32)
 
 
 class FirstTokenClassification(EncoderWithHead):

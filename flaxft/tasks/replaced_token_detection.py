@@ -48,9 +48,9 @@ class ReplacedTokenDetection:
     def loss_and_metrics(
         self, out: EncoderOutput, batch: dict[str, jax.Array], norm: dict[str, jax.Array]
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Loss and metrics, each this batch's share of the whole-batch value, except
-        rtd_precision and rtd_recall: ratios within this batch, weighted by its share of
-        the rows (exact without gradient accumulation).
+        """Loss and metrics, each this batch's share of the whole-batch value. Precision
+        and recall are ratios of whole-batch totals, so this gives their parts (flagged
+        tokens and true positives as fractions of real tokens) and `summarize` divides.
 
         out.mlm_logits [B, M, V], out.sampled_ids [B, M], out.logits [B, L];
         batch["masked_positions"], ["masked_labels"], ["masked_weights"] [B, M],
@@ -69,9 +69,6 @@ class ReplacedTokenDetection:
         rtd_loss = jnp.sum(rtd_ce_BL * real_BL) / norm["tokens"]
         predicted_BL = out.logits > 0
         hits = jnp.sum(predicted_BL * replaced_BL * real_BL)
-        replaced = jnp.sum(replaced_BL * real_BL)
-        predicted = jnp.sum(predicted_BL * real_BL)
-        share = batch["input_ids"].shape[0] / norm["rows"]
 
         loss = mlm_loss + self.discriminator_weight * rtd_loss
         metrics = {
@@ -80,14 +77,24 @@ class ReplacedTokenDetection:
             "mlm_accuracy": jnp.sum(mlm_correct_BM * weights_BM) / norm["masked"],
             "rtd_loss": rtd_loss,
             "rtd_accuracy": jnp.sum((predicted_BL == replaced_BL) * real_BL) / norm["tokens"],
-            "rtd_replaced_fraction": replaced / norm["tokens"],
-            "rtd_precision": share * hits / jnp.maximum(predicted, 1.0),
-            "rtd_recall": share * hits / jnp.maximum(replaced, 1.0),
+            "rtd_replaced_fraction": jnp.sum(replaced_BL * real_BL) / norm["tokens"],
+            "rtd_flagged_fraction": jnp.sum(predicted_BL * real_BL) / norm["tokens"],
+            "rtd_hit_fraction": hits / norm["tokens"],
         }
         return loss, metrics
 
+    def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Host side, on whole-batch (or averaged) metrics: precision and recall on replaced
+        tokens from their parts (0 when nothing is flagged or replaced)."""
+        metrics = dict(metrics)
+        hits, flagged = metrics.pop("rtd_hit_fraction"), metrics.pop("rtd_flagged_fraction")
+        metrics["rtd_precision"] = hits / flagged if flagged > 0 else 0.0
+        metrics["rtd_recall"] = hits / metrics["rtd_replaced_fraction"] if metrics["rtd_replaced_fraction"] > 0 else 0.0
+        return metrics
+
     def eval_outputs(self, out: EncoderOutput, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        """The batch's loss and metrics (averaged over the evaluation's batches)."""
+        """The batch's loss and metrics (averaged over the evaluation's batches, then
+        summarized)."""
         return self.loss_and_metrics(out, batch, self.normalizers(batch))[1]
 
 

@@ -95,6 +95,7 @@ class GeneratorPredictions(nn.Module):
 
     @nn.compact
     def __call__(self, x_BMD: Array) -> Array:
+        """States [B, M, E] for the vocabulary scores, from the encoder's [B, M, D]."""
         cfg = self.config
         h_BME = dense(cfg, cfg.embedding_size, ("hidden", "embed"), ("embed",), "dense")(x_BMD)
         return layer_norm(cfg, "LayerNorm")(activation("gelu")(h_BME))

@@ -33,8 +33,9 @@ class _SharedEmbeddingsGenerator(ElectraForMaskedLM):
 class ElectraGeneratorDiscriminator(ElectraForPreTraining):
     """The generator (`config.generator_config()`) and the discriminator (`config`).
 
-    Called like every head, plus masked_weights [B, M] (1 on real masked positions, 0 on
-    padding entries of masked_positions, which are left as they are). Returns the
+    Called like every head, plus masked_weights [B, M], required with masked_positions (1
+    on real masked positions, 0 on padding entries of masked_positions, which are left as
+    they are). Returns the
     discriminator's logits [B, L] on the generator's output, the generator's mlm_logits
     [B, M, V] and sampled_ids [B, M] (what the discriminator saw at the masked
     positions). Samples are drawn from the "dropout" rng when training; evaluation
@@ -64,11 +65,11 @@ class ElectraGeneratorDiscriminator(ElectraForPreTraining):
             out = super().__call__(input_ids, attention_mask, token_type_ids, position_ids, segment_ids,
                                    deterministic=deterministic)
             return out.replace(mlm_logits=generated.mlm_logits)
+        if masked_weights is None:
+            raise ValueError("masked_positions need masked_weights (0 on padding entries)")
         key = jax.random.key(0) if deterministic else self.make_rng("dropout")
-        sampled_BM = gumbel_max(generated.mlm_logits, key)
-        if masked_weights is not None:
-            kept_BM = jnp.take_along_axis(input_ids, masked_positions, axis=1)
-            sampled_BM = jnp.where(masked_weights > 0, sampled_BM, kept_BM)
+        kept_BM = jnp.take_along_axis(input_ids, masked_positions, axis=1)
+        sampled_BM = jnp.where(masked_weights > 0, gumbel_max(generated.mlm_logits, key), kept_BM)
         rows_B1 = jnp.arange(input_ids.shape[0])[:, None]
         replaced_BL = input_ids.at[rows_B1, masked_positions].set(sampled_BM)
         out = super().__call__(replaced_BL, attention_mask, token_type_ids, position_ids, segment_ids,

@@ -1,6 +1,8 @@
 """RoBERTa (`model_type` "roberta") and XLM-RoBERTa ("xlm-roberta"): one network, two
 families (their checkpoints and tokenizers differ: byte-level BPE vs SentencePiece)."""
 
+import dataclasses
+
 from flaxft.models.bert import FAMILY as BERT
 from flaxft.models.family import Family
 from flaxft.models.roberta.configuration import RobertaConfig, XLMRobertaConfig
@@ -39,7 +41,8 @@ FAMILY = Family(
     train_flops=BERT.train_flops,  # BERT's encoder and MLM head sizes
 )
 
-XLM_ROBERTA_FAMILY = Family(
+XLM_ROBERTA_FAMILY = dataclasses.replace(  # RoBERTa's network, parameter tree and weight names
+    FAMILY,
     name="xlm_roberta",
     model_types=("xlm-roberta",),
     config_class=XLMRobertaConfig,
@@ -50,13 +53,7 @@ XLM_ROBERTA_FAMILY = Family(
         "token_classification": XLMRobertaForTokenClassification,
         "question_answering": XLMRobertaForQuestionAnswering,
     },
-    encoder_key="roberta",
-    layers_path=("roberta", "encoder"),
-    optional_encoder_params=("pooler",),
     tokenizer="sentencepiece",
-    logical_axes=BERT.logical_axes,
-    hf=HF_FORMAT,
-    train_flops=BERT.train_flops,
 )
 
 __all__ = [
