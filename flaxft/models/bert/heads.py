@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from flaxft.models.bert.configuration import BertConfig
 from flaxft.models.bert.encoder import BertModule
-from flaxft.models.heads import EncoderWithHead, QuestionAnswering, TokenClassification
+from flaxft.models.heads import EncoderWithHead, QuestionAnswering, TokenClassification, vocabulary_logits
 from flaxft.models.layers import activation, dense, layer_norm
 
 Array = jax.Array
@@ -33,21 +33,7 @@ class BertMLMHead(nn.Module):
         cfg = self.config
         h_BMD = dense(cfg, cfg.hidden_size, ("embed", "hidden"), ("hidden",), "transform")(x_BMD)
         h_BMD = layer_norm(cfg, "LayerNorm")(activation(cfg.hidden_act)(h_BMD))
-        if cfg.tie_word_embeddings:
-            logits_BMV = bert.attend(h_BMD)
-        else:
-            decoder = dense(cfg, cfg.vocab_size, ("embed", "vocab"), None, "decoder")
-            logits_BMV = decoder(h_BMD)
-        bias_V = self.param(
-            "bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-            (cfg.vocab_size,),
-            cfg.weights_dtype,
-        )
-        logits_BMV = logits_BMV.astype(jnp.float32) + bias_V.astype(jnp.float32)
-        return nn.with_logical_constraint(
-            logits_BMV, ("activation_batch", "activation_length", "activation_vocab")
-        )
+        return vocabulary_logits(self, cfg, h_BMD, bert)
 
 
 class _BertWithHead(EncoderWithHead):

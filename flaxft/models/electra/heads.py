@@ -12,7 +12,13 @@ import jax.numpy as jnp
 
 from flaxft.models.electra.configuration import ElectraConfig
 from flaxft.models.electra.encoder import ElectraModule
-from flaxft.models.heads import EncoderWithHead, FirstTokenClassification, QuestionAnswering, TokenClassification
+from flaxft.models.heads import (
+    EncoderWithHead,
+    FirstTokenClassification,
+    QuestionAnswering,
+    TokenClassification,
+    vocabulary_logits,
+)
 from flaxft.models.layers import activation, dense, layer_norm
 
 Array = jax.Array
@@ -77,15 +83,7 @@ class GeneratorLMHead(nn.Module):
     @nn.compact
     def __call__(self, h_BME: Array, encoder: ElectraModule) -> Array:
         """Logits [B, M, V] in float32."""
-        cfg = self.config
-        if cfg.tie_word_embeddings:
-            logits_BMV = encoder.attend(h_BME)
-        else:
-            logits_BMV = dense(cfg, cfg.vocab_size, ("embed", "vocab"), None, "decoder")(h_BME)
-        bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-                            (cfg.vocab_size,), cfg.weights_dtype)
-        logits_BMV = logits_BMV.astype(jnp.float32) + bias_V.astype(jnp.float32)
-        return nn.with_logical_constraint(logits_BMV, ("activation_batch", "activation_length", "activation_vocab"))
+        return vocabulary_logits(self, self.config, h_BME, encoder)
 
 
 class GeneratorPredictions(nn.Module):

@@ -8,9 +8,14 @@ RoBERTa's under transformers' names for them. Shape suffixes as in
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from flaxft.models.heads import EncoderWithHead, FirstTokenClassification, QuestionAnswering, TokenClassification
+from flaxft.models.heads import (
+    EncoderWithHead,
+    FirstTokenClassification,
+    QuestionAnswering,
+    TokenClassification,
+    vocabulary_logits,
+)
 from flaxft.models.layers import activation, dense, layer_norm
 from flaxft.models.roberta.configuration import RobertaConfig
 from flaxft.models.roberta.encoder import RobertaModule
@@ -30,16 +35,7 @@ class RobertaLMHead(nn.Module):
         cfg = self.config
         h_BMD = dense(cfg, cfg.hidden_size, ("embed", "hidden"), ("hidden",), "dense")(x_BMD)
         h_BMD = layer_norm(cfg, "layer_norm")(activation("gelu")(h_BMD))
-        if cfg.tie_word_embeddings:
-            logits_BMV = encoder.attend(h_BMD)
-        else:
-            logits_BMV = dense(cfg, cfg.vocab_size, ("embed", "vocab"), None, "decoder")(h_BMD)
-        bias_V = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)), (cfg.vocab_size,),
-            cfg.weights_dtype,
-        )
-        logits_BMV = logits_BMV.astype(jnp.float32) + bias_V.astype(jnp.float32)
-        return nn.with_logical_constraint(logits_BMV, ("activation_batch", "activation_length", "activation_vocab"))
+        return vocabulary_logits(self, cfg, h_BMD, encoder)
 
 
 class _RobertaWithHead(EncoderWithHead):
