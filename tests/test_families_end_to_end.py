@@ -4,11 +4,11 @@ it trains on the corpus, fine-tuned from that run and exported, after which tran
 Hugging Face folder with a SentencePiece tokenizer, likewise; tokenizers of the wrong
 kind are refused."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from flaxft import config as config_lib
@@ -19,7 +19,9 @@ from tests.hf_models import FAMILY_CONFIGS, save_random_hf_model
 from tests.test_finetune import (
     assert_same_choices,
     export,
+    first_subword_scores,
     pair_and_regression_files,
+    pairs_classified_as_by_transformers,
     read_jsonl,
     subset,
 )
@@ -86,34 +88,9 @@ def test_roberta_fine_tuned_from_pretraining_predicts_like_transformers(roberta_
                  **{"task.text_fields": "sentence1,sentence2"})
     ours = read_jsonl(tmp_path / "work" / finetune.PREDICTIONS)
     out = export(tmp_path / "work", tmp_path / "hf")
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
-    assert type(model).__name__ == "RobertaForSequenceClassification"
-    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
-    records = read_jsonl(files["validation_file"])
-    batch = tokenizer([r["sentence1"] for r in records], [r["sentence2"] for r in records], truncation=True,
-                      max_length=64, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**batch).logits
-    assert_same_choices(logits.numpy(), [model.config.label2id[p["prediction"]] for p in ours])
-    probabilities = torch.softmax(logits, -1).max(-1).values.numpy()
-    np.testing.assert_allclose(probabilities, [p["probability"] for p in ours], atol=1e-6)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["RobertaForSequenceClassification"]
+    probabilities = pairs_classified_as_by_transformers(out, read_jsonl(files["validation_file"]), ours, 1e-6)
     assert np.ptp(probabilities) > 5e-5  # the examples' outputs differ far more than the tolerance
-
-
-def _first_subword_scores(model, tokenizer, predictions: list[dict]) -> tuple[np.ndarray, list[int]]:
-    """transformers' scores at each word's first sub-word, and flaxft's chosen tag ids, for
-    the words that fit in a row of 64 tokens."""
-    batch = tokenizer([p["tokens"] for p in predictions], is_split_into_words=True, truncation=True, max_length=64,
-                      padding=True, return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**batch).logits.numpy()
-    scores, chosen = [], []
-    for i, prediction in enumerate(predictions):
-        word_ids = batch.word_ids(i)
-        firsts = [pos for pos, w in enumerate(word_ids) if w is not None and w != (word_ids[pos - 1] if pos else None)]
-        scores.extend(logits[i, firsts])  # the words that fit in the row
-        chosen.extend(model.config.label2id[tag] for tag in prediction["predicted_tags"][: len(firsts)])
-    return np.stack(scores), chosen
 
 
 @pytest.mark.slow
@@ -126,7 +103,7 @@ def test_roberta_ner_tags_the_words_transformers_tags(roberta_run, task_files, t
     out = export(tmp_path / "work", tmp_path / "hf")
     model = transformers.AutoModelForTokenClassification.from_pretrained(out).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(out, add_prefix_space=True)
-    assert_same_choices(*_first_subword_scores(model, tokenizer, ours))
+    assert_same_choices(*first_subword_scores(model, tokenizer, ours))
 
 
 @pytest.mark.slow
@@ -143,7 +120,7 @@ def test_xlm_roberta_from_a_hugging_face_folder_with_a_sentencepiece_tokenizer(t
     assert type(model).__name__ == "XLMRobertaForTokenClassification"
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     assert isinstance(tokenizer, transformers.XLMRobertaTokenizerFast)
-    assert_same_choices(*_first_subword_scores(model, tokenizer, ours))
+    assert_same_choices(*first_subword_scores(model, tokenizer, ours))
 
 
 def test_a_tokenizer_of_another_kind_is_refused(corpus, tmp_path, minilm_dir):

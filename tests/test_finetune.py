@@ -161,17 +161,24 @@ def test_pairs_packed_and_unpacked_evaluation_agree_and_export_predicts_the_same
     np.testing.assert_allclose([p["probability"] for p in ours], [p["probability"] for p in theirs], atol=1e-6)
 
     out = export(tmp_path / "packed", tmp_path / "hf")
+    probabilities = pairs_classified_as_by_transformers(out, read_jsonl(files["validation_file"]), ours, 1e-5)
+    assert np.ptp(probabilities) > 1e-3  # the examples really get different outputs
+
+
+def pairs_classified_as_by_transformers(out: Path, records: list[dict], ours: list[dict], atol: float) -> np.ndarray:
+    """transformers, loading the exported folder `out` with its tokenizer, picks flaxft's
+    label for each sentence pair and gives its probability within `atol`; returns those
+    probabilities."""
     model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
-    records = read_jsonl(files["validation_file"])
     batch = tokenizer([r["sentence1"] for r in records], [r["sentence2"] for r in records], truncation=True,
                       max_length=64, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits
     assert_same_choices(logits.numpy(), [model.config.label2id[p["prediction"]] for p in ours])
     probabilities = torch.softmax(logits, -1).max(-1).values.numpy()
-    np.testing.assert_allclose(probabilities, [p["probability"] for p in ours], atol=1e-5)
-    assert np.ptp(probabilities) > 1e-3  # the examples really get different outputs
+    np.testing.assert_allclose(probabilities, [p["probability"] for p in ours], atol=atol)
+    return probabilities
 
 
 def assert_same_choices(scores: np.ndarray, chosen: list, margin: float = 1e-4) -> None:
@@ -247,20 +254,25 @@ def test_ner_end_to_end_packed_evaluation_and_export(tmp_path, task_files, minil
 
     out = export(tmp_path / "work", tmp_path / "hf")
     model = transformers.AutoModelForTokenClassification.from_pretrained(out).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
-    words = [p["tokens"] for p in ours]
-    batch = tokenizer(words, is_split_into_words=True, truncation=True, max_length=64, padding=True,
-                      return_tensors="pt")
+    scores, chosen = first_subword_scores(model, transformers.AutoTokenizer.from_pretrained(out), ours)
+    assert len(chosen) == sum(len(p["tokens"]) for p in ours)  # no word cut off at this length
+    assert_same_choices(scores, chosen)
+
+
+def first_subword_scores(model, tokenizer, predictions: list[dict]) -> tuple[np.ndarray, list[int]]:
+    """transformers' scores at each word's first sub-word, and flaxft's chosen tag ids, for
+    the words that fit in a row of 64 tokens."""
+    batch = tokenizer([p["tokens"] for p in predictions], is_split_into_words=True, truncation=True, max_length=64,
+                      padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits.numpy()
     scores, chosen = [], []
-    for i, prediction in enumerate(ours):
+    for i, prediction in enumerate(predictions):
         word_ids = batch.word_ids(i)
         firsts = [pos for pos, w in enumerate(word_ids) if w is not None and w != (word_ids[pos - 1] if pos else None)]
-        assert len(firsts) == len(prediction["tokens"])  # no word cut off at this length
-        scores.extend(logits[i, firsts])
-        chosen.extend(model.config.label2id[tag] for tag in prediction["predicted_tags"])
-    assert_same_choices(np.stack(scores), chosen)
+        scores.extend(logits[i, firsts])  # the words that fit in the row
+        chosen.extend(model.config.label2id[tag] for tag in prediction["predicted_tags"][: len(firsts)])
+    return np.stack(scores), chosen
 
 
 def squad_spans(model, tokenizer, records: list[dict], seq_len: int, stride: int, max_answer_length: int) -> list:
