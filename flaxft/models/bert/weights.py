@@ -108,8 +108,10 @@ def check_config(hf: Mapping[str, Any], source: str) -> None:
 
 
 def config_extras(config: BertConfig, architecture: str) -> dict[str, Any]:
+    """config.json entries beyond the fields (BERT's and the families built on its
+    encoder): absolute positions, and regression for a one-label sequence classifier."""
     extras: dict[str, Any] = {"position_embedding_type": "absolute"}
-    if config.num_labels == 1 and architecture == "BertForSequenceClassification":
+    if config.num_labels == 1 and architecture.endswith("ForSequenceClassification"):
         extras["problem_type"] = "regression"
     return extras
 

@@ -3,7 +3,16 @@ parameter, read and written through one table."""
 
 from typing import Any
 
-from flaxft.models.bert.weights import BUFFERS, check_config, encoder_weights, linear, norm, same, transpose
+from flaxft.models.bert.weights import (
+    BUFFERS,
+    check_config,
+    config_extras,
+    encoder_weights,
+    linear,
+    norm,
+    same,
+    transpose,
+)
 from flaxft.models.electra.configuration import ElectraConfig
 from flaxft.models.family import HFFormat, Weight
 
@@ -41,13 +50,6 @@ def weight_table(config: ElectraConfig, architecture: str) -> list[Weight]:
     elif role == "qa":
         table += linear(("qa_outputs",), "qa_outputs")
     return table
-
-
-def config_extras(config: ElectraConfig, architecture: str) -> dict[str, Any]:
-    extras: dict[str, Any] = {"position_embedding_type": "absolute"}
-    if config.num_labels == 1 and ROLES[architecture] == "sequence":
-        extras["problem_type"] = "regression"
-    return extras
 
 
 def read_aliases(tensors: dict[str, Any], config: ElectraConfig) -> dict[str, Any]:

@@ -3,7 +3,16 @@ state-dict name of every parameter, read and written through one table."""
 
 from typing import Any
 
-from flaxft.models.bert.weights import BUFFERS, check_config, encoder_weights, linear, norm, same, transpose
+from flaxft.models.bert.weights import (
+    BUFFERS,
+    check_config,
+    config_extras,
+    encoder_weights,
+    linear,
+    norm,
+    same,
+    transpose,
+)
 from flaxft.models.family import HFFormat, Weight
 from flaxft.models.roberta.configuration import RobertaConfig
 
@@ -39,13 +48,6 @@ def weight_table(config: RobertaConfig, architecture: str) -> list[Weight]:
     elif role == "qa":
         table += linear(("qa_outputs",), "qa_outputs")
     return table
-
-
-def config_extras(config: RobertaConfig, architecture: str) -> dict[str, Any]:
-    extras: dict[str, Any] = {"position_embedding_type": "absolute"}
-    if config.num_labels == 1 and _role(architecture) == "sequence":
-        extras["problem_type"] = "regression"
-    return extras
 
 
 def read_aliases(tensors: dict[str, Any], config: RobertaConfig) -> dict[str, Any]:
