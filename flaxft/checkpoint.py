@@ -410,7 +410,23 @@ def load_init_params(path: str | os.PathLike, model: nn.Module, seed: int) -> di
     flaxft checkpoint or workdir. Heads the source lacks start afresh; shape mismatches
     are InputErrors naming the parameter."""
     if kind_of(path) is PathKind.HF_FOLDER:
-        _, params = hf.from_pretrained(path)
+        params = _read_hf_folder(path, model)
     else:
         _, params = load_model(path)
     return fit_params(params, model, seed)
+
+
+def _read_hf_folder(path: str | os.PathLike, model: nn.Module) -> dict:
+    """A Hugging Face folder's parameters; for a model trained as several (ELECTRA
+    pretraining's, with `join_hf_models`), with those of the subfolders it has (a missing
+    one starts afresh, said in one line)."""
+    _, params = hf.from_pretrained(path)
+    if not hasattr(model, "join_hf_models"):
+        return params
+    parts = {"": params}
+    for folder in model.hf_subfolders:
+        if (Path(path) / folder / "config.json").is_file():
+            parts[folder] = hf.from_pretrained(Path(path) / folder)[1]
+        else:
+            print(f"{path} has no {folder}/ folder: the {folder} starts afresh")
+    return model.join_hf_models(parts)

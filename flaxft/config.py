@@ -137,6 +137,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     defaults = default_config()
     if isinstance(config.get("model"), ml_collections.ConfigDict) and "family" in config.model:
         defaults.model = model_defaults(config.model.family)  # the family's own fields
+        missing = sorted(set(defaults.model.keys()) - set(config.model.keys()))
+        if missing:  # the family was switched on the command line, not in the file
+            raise InputError(
+                f"config.model holds another family's fields than config.model.family {config.model.family!r} "
+                f"(it lacks {', '.join(missing[:3])}); a config file for it starts with "
+                f"config.model = model_defaults({config.model.family!r})"
+            )
     _check_keys_and_types(config, defaults, "")
     for field, choices in _CHOICES.items():
         if _get(config, field) not in choices:

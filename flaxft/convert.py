@@ -12,6 +12,7 @@ misshapen weight, an existing output folder) exits 2 with a one-line message.
 
 import argparse
 import sys
+from pathlib import Path
 
 from flaxft import cli
 
@@ -34,7 +35,8 @@ def export_hf(ckpt: str, hf_dir: str) -> None:
     model, params = checkpoint.load_model(ckpt)
     hf.save_pretrained(model, params, hf_dir, tokenizer_dir=checkpoint.tokenizer_dir_of(ckpt),
                        sentence_transformers_dir=checkpoint.sentence_transformers_dir_of(ckpt))
-    print(f"wrote {type(model).__name__} to {hf_dir}")
+    parts = model.hf_models(params) if hasattr(model, "hf_models") else {"": (model, params)}
+    print("wrote " + ", ".join(f"{type(part).__name__} to {Path(hf_dir) / folder}" for folder, (part, _) in parts.items()))
 
 
 def sample_batch(config: dict, batch: int = 4, length: int = 32, seed: int = 0) -> dict:
@@ -88,14 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flaxft.convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("import-hf", help="Hugging Face folder -> flaxft checkpoint")
-    p.add_argument("hf_dir")
-    p.add_argument("ckpt_dir")
+    p.add_argument("hf_dir", help="a Hugging Face model folder (config.json and weights)")
+    p.add_argument("ckpt_dir", help="the flaxft checkpoint folder to write (must not exist or be empty)")
     p = sub.add_parser("export-hf", help="flaxft checkpoint or workdir -> Hugging Face folder")
-    p.add_argument("ckpt")
-    p.add_argument("hf_dir")
+    p.add_argument("ckpt", help="a flaxft workdir (its newest checkpoint) or checkpoint folder")
+    p.add_argument("hf_dir", help="the Hugging Face folder to write (must not exist or be empty); an ELECTRA "
+                                  "pretraining run writes the discriminator there and the generator in generator/")
     p = sub.add_parser("verify", help="compare flaxft with transformers (PyTorch) on one batch")
-    p.add_argument("hf_dir")
-    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("hf_dir", help="a Hugging Face model folder")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest absolute difference allowed")
     args = parser.parse_args(argv)
     if args.command == "import-hf":
         return exit_on_input_error(lambda: import_hf(args.hf_dir, args.ckpt_dir)) or 0

@@ -20,6 +20,7 @@ import transformers
 
 from flaxft import checkpoint, pretrain, report, train
 from flaxft import config as config_lib
+from flaxft.errors import InputError
 from flaxft.models import EncoderOutput, fit_params, init_params
 from flaxft.models.electra import (
     ElectraConfig,
@@ -78,6 +79,17 @@ def test_the_two_models_share_embeddings_and_split_into_the_hugging_face_ones(mo
     with pytest.raises(ValueError, match="masked_weights"):
         model.apply({"params": params}, IDS, masked_positions=POSITIONS)
     np.testing.assert_allclose(out.mlm_logits, generated.mlm_logits, rtol=1e-6, atol=1e-6)
+
+
+def test_generator_sizes_must_come_out_whole():
+    """generator_size scales width, heads and MLP size alike (ELECTRA-Base: 768/12/3072 x 1/3
+    = 256/4/1024); one that would round some of them is refused, naming what it gives."""
+    base = ElectraConfig(embedding_size=768, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                         generator_size=1 / 3)
+    generator = base.generator_config()
+    assert (generator.hidden_size, generator.num_attention_heads, generator.intermediate_size) == (256, 4, 1024)
+    with pytest.raises(InputError, match=r"model.generator_size 0.3 must scale .* it gives 230.4, 3.6, 921.6"):
+        base.replace(generator_size=0.3).generator_config()
 
 
 def test_samples_follow_the_generator_and_carry_no_gradient(model_and_params):
@@ -204,6 +216,15 @@ def test_export_writes_the_discriminator_and_the_generator_for_transformers(trai
         part, part_params = parts[folder]
         got = part.apply({"params": part_params}, jnp.asarray(ids, jnp.int32))
         np.testing.assert_allclose(got.logits if folder == "" else got.mlm_logits, want, atol=1e-4, rtol=1e-4)
+
+    # Pretraining on from the exported folder starts from both models (generator/ included).
+    again = checkpoint.load_init_params(str(out), model, seed=1)
+    jax.tree.map(np.testing.assert_array_equal, again, jax.device_get(params))
+    (out / "generator" / "config.json").unlink()
+    without = checkpoint.load_init_params(str(out), model, seed=1)
+    jax.tree.map(np.testing.assert_array_equal, without["electra"], jax.device_get(params["electra"]))
+    assert not np.array_equal(without["generator"]["generator_lm_head"]["bias"],
+                              params["generator"]["generator_lm_head"]["bias"])
 
 
 @pytest.mark.slow

@@ -50,6 +50,11 @@ def test_config_model_group_is_the_family_config():
     config_lib.validate(set_dotted(config, {"num_train_steps": 10}))
     with pytest.raises(InputError, match="config.model.family 'electron' is not one of"):
         config_lib.validate(set_dotted(config_lib.default_config(), {"num_train_steps": 10, "model.family": "electron"}))
+    switched = set_dotted(config_lib.default_config(), {"num_train_steps": 10, "model.family": "roberta"})
+    with pytest.raises(InputError, match=r"config.model holds another family's fields than config.model.family "
+                                         r"'roberta' \(it lacks bos_token_id, eos_token_id\); a config file for it "
+                                         r"starts with config.model = model_defaults\('roberta'\)"):
+        config_lib.validate(switched)
     typo = config_lib.default_config()
     typo.model.hidden_sise = 3
     with pytest.raises(InputError, match="unknown config key config.model.hidden_sise"):

@@ -32,22 +32,22 @@ class ElectraConfig(BertConfig):
             raise InputError(f"model.embedding_size must be positive, got {self.embedding_size}")
         if not 0.0 < self.generator_size <= 1.0:
             raise InputError(f"model.generator_size must be in (0, 1], got {self.generator_size}")
-        hidden, heads = self._generator_dims()[:2]
-        if hidden % heads:
-            raise InputError(
-                f"model.generator_size {self.generator_size} gives the generator {hidden} hidden units, not "
-                f"divisible by its {heads} attention heads"
-            )
-
-    def _generator_dims(self) -> tuple[int, int, int]:
-        """(hidden_size, num_attention_heads, intermediate_size) of the generator."""
-        scale = self.generator_size
-        return (max(1, round(self.hidden_size * scale)), max(1, round(self.num_attention_heads * scale)),
-                max(1, round(self.intermediate_size * scale)))
 
     def generator_config(self) -> "ElectraConfig":
         """The generator's config for ELECTRA pretraining: this one, `generator_size`
-        times narrower; as an `ElectraForMaskedLM` of its own (generator_size 1)."""
-        hidden, heads, intermediate = self._generator_dims()
+        times narrower; as an `ElectraForMaskedLM` of its own (generator_size 1).
+
+        Raises:
+            InputError: generator_size does not scale the width, heads and MLP size to
+                whole numbers.
+        """
+        scaled = [n * self.generator_size for n in (self.hidden_size, self.num_attention_heads, self.intermediate_size)]
+        if any(abs(x - round(x)) > 1e-6 or round(x) < 1 for x in scaled):
+            raise InputError(
+                f"model.generator_size {self.generator_size} must scale hidden_size, num_attention_heads and "
+                f"intermediate_size ({self.hidden_size}, {self.num_attention_heads}, {self.intermediate_size}) "
+                f"to whole numbers; it gives {', '.join(f'{x:g}' for x in scaled)}"
+            )
+        hidden, heads, intermediate = (round(x) for x in scaled)  # the discriminator's head size
         return self.replace(hidden_size=hidden, num_attention_heads=heads, intermediate_size=intermediate,
                             generator_size=1.0)

@@ -76,6 +76,19 @@ class ElectraGeneratorDiscriminator(ElectraForPreTraining):
                                deterministic=deterministic)
         return out.replace(mlm_logits=generated.mlm_logits, sampled_ids=sampled_BM)
 
+    hf_subfolders = ("generator",)  # where `hf_models` puts the models beside the discriminator
+
+    def join_hf_models(self, parts: dict[str, dict]) -> dict:
+        """The inverse of `hf_models`: the discriminator's parameters ("") and, when given,
+        the generator's ("generator"; its copy of the embeddings is dropped, the
+        discriminator's are shared) as this model's tree."""
+        joined = dict(parts[""])
+        if "generator" in parts:
+            generator = dict(parts["generator"])
+            generator["electra"] = {k: v for k, v in generator["electra"].items() if k != "embeddings"}
+            joined["generator"] = generator
+        return joined
+
     def hf_models(self, params: dict) -> dict[str, tuple[nn.Module, dict]]:
         """The two Hugging Face models in `params`, by the subfolder they are exported to:
         "" the discriminator (`ElectraForPreTraining`), "generator" the generator
