@@ -144,8 +144,8 @@ def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-LEARN = dict(num_train_steps=300, global_batch_size=16, learning_rate=2e-3, warmup_steps=30, log_every_steps=50,
-             eval_every_steps=300, eval_batches=4, checkpoint_every_steps=300)
+LEARN = dict(num_train_steps=200, global_batch_size=16, learning_rate=5e-4, warmup_steps=10, log_every_steps=50,
+             eval_every_steps=200, eval_batches=4, checkpoint_every_steps=200)
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +169,16 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 @pytest.mark.slow
 def test_the_discriminator_beats_the_all_original_baseline(trained, corpus):
-    """After a short run the discriminator tells replaced tokens from original ones better
-    than any rule blind to the tokens: on the held-out rows its loss is below the entropy
-    of the replaced fraction (the loss of the best constant, "original" at the base rate),
-    and it ranks replaced tokens above original ones (AUC). The total loss falls."""
+    """After a short run the discriminator finds replaced tokens on the held-out rows, where
+    calling every token original finds none: recall above 0 at a precision well above the
+    replaced fraction (what flagging at random would reach), a loss below the entropy of
+    the replaced fraction (the best loss of any rule blind to the tokens), and replaced
+    tokens ranked above original ones (AUC). The total loss falls."""
     records = report.read_metrics(trained)
     final = [r for r in records if "eval_rtd_loss" in r][-1]
-    assert final["eval_rtd_loss"] < _binary_entropy(final["eval_rtd_replaced_fraction"]) - 0.005, final
+    assert final["eval_rtd_recall"] > 0.02, final
+    assert final["eval_rtd_precision"] > 2 * final["eval_rtd_replaced_fraction"], final
+    assert final["eval_rtd_loss"] < _binary_entropy(final["eval_rtd_replaced_fraction"]), final
     train_losses = [r["loss"] for r in records if "loss" in r]
     assert train_losses[-1] < 0.7 * train_losses[0]
 
@@ -193,7 +196,7 @@ def test_the_discriminator_beats_the_all_original_baseline(trained, corpus):
         replaced.append(np.asarray(labels)[real])
     auc = _auc(np.concatenate(scores), np.concatenate(replaced))
     print(f"discriminator AUC {auc:.3f}; final eval {final}")
-    assert auc > 0.55, auc
+    assert auc > 0.6, auc
 
 
 @pytest.mark.slow
