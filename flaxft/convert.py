@@ -75,15 +75,24 @@ def compare_with_transformers(hf_dir: str, batch: dict) -> dict[str, float]:
 
 
 def verify(hf_dir: str, tolerance: float) -> int:
-    config = hf.read_hf_config(hf_dir)
-    _, model_config = hf.config_from_hf(config, f"{hf_dir}/config.json")
-    diffs = compare_with_transformers(hf_dir, sample_batch(config, length=min(32, model_config.max_seq_len)))
-    for name, diff in diffs.items():
-        print(f"{name:20s} max abs diff {diff:.3e}")
-    worst = max(diffs.values())
-    ok = worst <= tolerance
-    print(f"{'OK' if ok else 'FAIL'}: largest difference {worst:.3e} (tolerance {tolerance:g})")
-    return 0 if ok else 1
+    """Compares the model in `hf_dir`, and in each subfolder holding a model of its own (an
+    ELECTRA export's generator/), with transformers; 1 if any differs above `tolerance`."""
+    hf.read_hf_config(hf_dir)  # an InputError naming what is missing, before looking inside
+    subfolders = sorted(p for p in Path(hf_dir).iterdir() if (p / "config.json").is_file()
+                        and any((p / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")))
+    failed = False
+    for folder in [Path(hf_dir), *subfolders]:
+        if subfolders:
+            print(f"{folder}:")
+        config = hf.read_hf_config(folder)
+        _, model_config = hf.config_from_hf(config, f"{folder}/config.json")
+        diffs = compare_with_transformers(str(folder), sample_batch(config, length=min(32, model_config.max_seq_len)))
+        for name, diff in diffs.items():
+            print(f"{name:20s} max abs diff {diff:.3e}")
+        worst = max(diffs.values())
+        failed |= worst > tolerance
+        print(f"{'FAIL' if worst > tolerance else 'OK'}: largest difference {worst:.3e} (tolerance {tolerance:g})")
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

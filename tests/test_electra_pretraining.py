@@ -205,6 +205,10 @@ def test_export_writes_the_discriminator_and_the_generator_for_transformers(trai
     result = subprocess.run([sys.executable, "-m", "flaxft.convert", "export-hf", str(trained), str(out)], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert f"ElectraForPreTraining to {out}, ElectraForMaskedLM to {out / 'generator'}" in result.stdout
+    verified = subprocess.run([sys.executable, "-m", "flaxft.convert", "verify", str(out)], cwd=REPO,
+                              capture_output=True, text=True)
+    assert verified.returncode == 0 and verified.stdout.count("OK: largest difference") == 2, verified.stdout
     model, params = checkpoint.load_model(trained)
     parts = model.hf_models(params)
     rng = np.random.default_rng(0)
