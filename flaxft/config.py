@@ -104,6 +104,14 @@ def model_defaults(family_name: str) -> ml_collections.ConfigDict:
     return group
 
 
+def model_group(family_name: str, model: ModelConfig) -> ml_collections.ConfigDict:
+    """The config.model group describing `model` (of family `family_name`): `model_defaults`
+    with the model's values."""
+    group = model_defaults(family_name)
+    group.update({k: v for k, v in model.to_dict().items() if k != "id2label"})
+    return group
+
+
 _CHOICES = {
     "optimizer": ("adamw", "lamb"),
     "lr_schedule": ("linear", "cosine"),

@@ -101,8 +101,9 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     """Reads and checks a fine-tuning run's inputs (task data, tokenizer, init_from, mesh)
     and builds it; raises InputError on bad input and writes nothing.
 
-    The returned run's config is a copy whose num_train_steps comes from task.epochs when
-    that is set (epochs x training rows / global_batch_size, rounded up)."""
+    The returned run's config is a copy whose `model` group is the model trained (init_from's
+    family and fields, the task's head size) and whose num_train_steps comes from
+    task.epochs when that is set (epochs x training rows / global_batch_size, rounded up)."""
     workdir = Path(workdir)
     task = from_config(FINETUNE_TASKS[config.task.name], config.task)
     tokenizer_dir = tokenizer_source(config)
@@ -122,8 +123,9 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     if config.seq_len > model.config.max_seq_len:
         raise InputError(f"config.seq_len ({config.seq_len}) is above what the model's max_position_embeddings "
                          f"({model.config.max_position_embeddings}) allows ({model.config.max_seq_len})")
+    config = config.copy_and_resolve_references()
+    config.model = config_lib.model_group(model_family.name, model.config)  # config.json tells the model trained
     if config.task.epochs:  # the run's length in passes over the training rows
-        config = config.copy_and_resolve_references()
         config.num_train_steps = math.ceil(config.task.epochs * len(task_data.train) / config.global_batch_size)
     mesh, rules = sharding.mesh_for(config.mesh, abstract_params(model, boxed=True), config.global_batch_size,
                                     config.grad_accum_steps)
