@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from flaxft.data.corpus import default_corpus
 from flaxft.data.features import RowTemplate, truncate_pair
-from flaxft.data.tokenizer import load_tokenizer, special_token_ids, tokenizer_kind
+from flaxft.data.tokenizer import load_tokenizer, plain_tokenizer, special_token_ids, tokenizer_kind, words_tokenizer
 from flaxft.data.tokenizer_training import save_tokenizer, train_byte_level_bpe, train_wordpiece
 from flaxft.errors import InputError
 from tests.tokenizers_for_tests import roberta_style_folder, transformers_class
@@ -192,6 +192,9 @@ def test_special_tokens_named_by_the_folder(roberta_or_xlmr_dir, tmp_path):
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     assert special_token_ids(tokenizer)["mask"] == tokenizer.token_to_id("<|masked|>")
     assert special_token_ids(tokenizer)["mask"] == hf_tokenizer.mask_token_id
+    tokenizer.enable_truncation(16)  # the copies tasks make keep the folder's names
+    for copy in (plain_tokenizer(tokenizer), words_tokenizer(tokenizer)):
+        assert special_token_ids(copy) == special_token_ids(tokenizer)
     (folder / "special_tokens_map.json").write_text(json.dumps({**names, "pad_token": "<nowhere>"}))
     with pytest.raises(InputError, match=r"special_tokens_map.json names pad_token '<nowhere>'"):
         load_tokenizer(str(folder))

@@ -15,6 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from flaxft.data.arrays import concat_ranges, offsets
+from flaxft.data.tokenizer import untruncated_copy
 
 _SENTENCE_BREAK = re.compile(r"""(?:(?<=[.!?])|(?<=[.!?]["')\]]))\s+(?=["'(\[]?[A-Z0-9])""")
 
@@ -93,9 +94,7 @@ def tokenize_documents(
     Returns:
         The `TokenizedCorpus`; documents with no tokens are dropped.
     """
-    plain = Tokenizer.from_str(tokenizer.to_str())
-    plain.no_truncation()
-    plain.no_padding()
+    plain = untruncated_copy(tokenizer)
     plain.encode_special_tokens = True
     batches = [
         _tokenize_batch(documents[start : start + batch_size], plain)

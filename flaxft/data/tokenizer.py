@@ -124,9 +124,16 @@ def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     (tasks truncate and pad themselves; the caller's tokenizer is never changed)."""
     if tokenizer.truncation is None and tokenizer.padding is None:
         return tokenizer
-    copy = Tokenizer.from_str(tokenizer.to_str())
+    return untruncated_copy(tokenizer)
+
+
+def untruncated_copy(tokenizer: Tokenizer, spec: dict | None = None) -> Tokenizer:
+    """A copy of `tokenizer` (or the tokenizer `spec`, its tokenizer.json changed) with
+    truncation and padding off, keeping the special tokens its folder named."""
+    copy = Tokenizer.from_str(tokenizer.to_str() if spec is None else json.dumps(spec))
     copy.no_truncation()
     copy.no_padding()
+    setattr(copy, _NAMED_TOKENS, getattr(tokenizer, _NAMED_TOKENS, {}))
     return copy
 
 
@@ -323,10 +330,7 @@ def words_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     for part in spec_parts(spec.get("pre_tokenizer")) + spec_parts(spec.get("post_processor")):
         if part["type"] in ("ByteLevel", "RobertaProcessing"):
             part["add_prefix_space"] = True
-    copy = Tokenizer.from_str(json.dumps(spec))
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
+    return untruncated_copy(tokenizer, spec)
 
 
 def _read_vocab(vocab_file: Path) -> dict[str, int]:
