@@ -133,6 +133,20 @@ def write_extras(tensors: dict[str, Any], config: BertConfig) -> dict[str, Any]:
     return tensors
 
 
+def head_output_names(architecture: str, encoder_outputs: tuple[str, ...]) -> dict[str, str]:
+    """EncoderOutput fields -> transformers' output fields of a one-head architecture of a
+    family on BERT's encoder, by its name: a bare `...Model` gives `encoder_outputs`,
+    `...ForMaskedLM` its logits as mlm_logits, `...ForQuestionAnswering` start/end
+    logits, any other head `logits`."""
+    if architecture.endswith("Model"):
+        return {name: name for name in encoder_outputs}
+    if architecture.endswith("ForMaskedLM"):
+        return {"mlm_logits": "logits"}
+    if architecture.endswith("ForQuestionAnswering"):
+        return {"start_logits": "start_logits", "end_logits": "end_logits"}
+    return {"logits": "logits"}
+
+
 def output_names(architecture: str) -> dict[str, str]:
     """EncoderOutput fields -> the fields of transformers' output for a BERT architecture
     (a bare BertModel returns the hidden states, a head only its logits)."""

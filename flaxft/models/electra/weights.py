@@ -1,6 +1,7 @@
 """ELECTRA in Hugging Face folders: config.json entries and the state-dict name of every
 parameter, read and written through one table."""
 
+import functools
 from typing import Any
 
 from flaxft.models.bert.weights import (
@@ -8,6 +9,7 @@ from flaxft.models.bert.weights import (
     check_config,
     config_extras,
     encoder_weights,
+    head_output_names,
     linear,
     norm,
     same,
@@ -64,18 +66,6 @@ def write_extras(tensors: dict[str, Any], config: ElectraConfig) -> dict[str, An
     return tensors
 
 
-def output_names(architecture: str) -> dict[str, str]:
-    """EncoderOutput fields -> transformers' output fields."""
-    role = ROLES[architecture]
-    if role == "encoder":
-        return {"last_hidden_state": "last_hidden_state"}
-    if role == "generator":
-        return {"mlm_logits": "logits"}
-    if role == "qa":
-        return {"start_logits": "start_logits", "end_logits": "end_logits"}
-    return {"logits": "logits"}
-
-
 HF_FORMAT = HFFormat(
     base_prefix="electra.",
     weight_table=weight_table,
@@ -85,5 +75,5 @@ HF_FORMAT = HFFormat(
     head_prefixes=("discriminator_predictions.", "generator_predictions.", "generator_lm_head.", "classifier.",
                    "qa_outputs."),
     write_extras=write_extras,
-    output_names=output_names,
+    output_names=functools.partial(head_output_names, encoder_outputs=("last_hidden_state",)),
 )

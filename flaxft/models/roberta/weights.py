@@ -1,6 +1,7 @@
 """RoBERTa and XLM-RoBERTa in Hugging Face folders: config.json entries and the
 state-dict name of every parameter, read and written through one table."""
 
+import functools
 from typing import Any
 
 from flaxft.models.bert.weights import (
@@ -8,6 +9,7 @@ from flaxft.models.bert.weights import (
     check_config,
     config_extras,
     encoder_weights,
+    head_output_names,
     linear,
     norm,
     same,
@@ -70,18 +72,6 @@ def write_extras(tensors: dict[str, Any], config: RobertaConfig) -> dict[str, An
     return tensors
 
 
-def output_names(architecture: str) -> dict[str, str]:
-    """EncoderOutput fields -> transformers' output fields."""
-    role = _role(architecture)
-    if role == "encoder":
-        return {"last_hidden_state": "last_hidden_state", "pooler_output": "pooler_output"}
-    if role == "lm_head":
-        return {"mlm_logits": "logits"}
-    if role == "qa":
-        return {"start_logits": "start_logits", "end_logits": "end_logits"}
-    return {"logits": "logits"}
-
-
 HF_FORMAT = HFFormat(
     base_prefix="roberta.",
     weight_table=weight_table,
@@ -90,5 +80,5 @@ HF_FORMAT = HFFormat(
     read_aliases=read_aliases,
     head_prefixes=("lm_head.", "classifier.", "qa_outputs."),
     write_extras=write_extras,
-    output_names=output_names,
+    output_names=functools.partial(head_output_names, encoder_outputs=("last_hidden_state", "pooler_output")),
 )
