@@ -58,8 +58,7 @@ def config_from_hf(hf: dict[str, Any], source: str, **overrides: Any) -> tuple[F
     """(family, config) of a Hugging Face config.json dict; `source` names the file in errors."""
     family = family_for_model_type(hf.get("model_type"), source)
     family.hf.check_config(hf, source)
-    fields = set(family.config_class.hf_fields()) - {"id2label"}
-    kwargs = {k: hf[k] for k in fields if k in hf and hf[k] is not None}
+    kwargs = family.config_class.hf_values(hf, source)
     if hf.get("id2label"):
         labels = {int(i): name for i, name in hf["id2label"].items()}
         kwargs["id2label"] = tuple(labels[i] for i in range(len(labels)))
@@ -76,9 +75,7 @@ def config_to_hf(config: ModelConfig, architecture: str) -> dict[str, Any]:
     family = family_of(architecture)
     hf = {"architectures": [architecture], "model_type": family.model_types[0]}
     hf.update(family.hf.config_extras(config, architecture))
-    for key, value in config.to_dict().items():
-        if key not in config.TRAINING_OPTIONS and key != "id2label":
-            hf[key] = value
+    hf.update(config.hf_dict())
     names = config.id2label or tuple(f"LABEL_{i}" for i in range(config.num_labels))
     hf["id2label"] = {str(i): name for i, name in enumerate(names)}
     hf["label2id"] = {name: i for i, name in enumerate(names)}

@@ -38,6 +38,7 @@ DEFAULT_RULES = {
     "token_type": "",
     "classes": "",
     "layers": "",
+    "fused": "",
     # activations
     "activation_batch": "data,fsdp",
     "activation_length": "",

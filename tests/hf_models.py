@@ -1,6 +1,8 @@
 """Random Hugging Face model folders for tests, of every family flaxft reads: every weight
 perturbed, so a mix-up of any two tensors (or a bias left at zero) shows in the outputs."""
 
+import inspect
+
 import numpy as np
 import torch
 import transformers
@@ -38,6 +40,21 @@ FAMILY_CONFIGS = {
                                     max_position_embeddings=24, type_vocab_size=3, tie_word_embeddings=False,
                                     num_labels=1),
     },
+    "modernbert": {  # global attention every 2nd / 3rd layer, windows of 2 and 3 tokens a side
+        "global2_window4_cls": dict(
+            vocab_size=99, hidden_size=36, num_hidden_layers=3, num_attention_heads=3, intermediate_size=37,
+            layer_types=["full_attention", "sliding_attention", "full_attention"], local_attention=4,
+            max_position_embeddings=64, num_labels=3, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            cls_token_id=1, sep_token_id=2),
+        "global3_window6_biases_mean_untied": dict(
+            vocab_size=71, hidden_size=20, num_hidden_layers=4, num_attention_heads=2, intermediate_size=13,
+            local_attention=6, norm_bias=True, attention_bias=True, mlp_bias=True, classifier_bias=True,
+            classifier_pooling="mean", num_labels=1, tie_word_embeddings=False, hidden_activation="gelu_new",
+            classifier_activation="relu", decoder_bias=False, max_position_embeddings=32, pad_token_id=3,
+            bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 77.0}}),
+    },
     "xlm_roberta": {
         "gelu_new_h32": dict(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                              intermediate_size=48, hidden_act="gelu_new", max_position_embeddings=24,
@@ -52,7 +69,7 @@ def random_hf_model(architecture: str, config: dict, seed: int = 0) -> torch.nn.
         config = {**config, "num_labels": 2}
     torch.manual_seed(seed)
     model_class = getattr(transformers, architecture)
-    model = model_class(model_class.config_class(**config)).eval()
+    model = model_class(model_class.config_class(**config, attn_implementation="eager")).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -82,8 +99,13 @@ def padded_batch(config: dict, batch: int = 3, length: int = 13, seed: int = 1) 
 
 def torch_outputs(model: torch.nn.Module, batch: dict) -> dict[str, np.ndarray]:
     """transformers outputs as numpy, keyed by flaxft's output names."""
+    inputs = {k: torch.tensor(v) for k, v in batch.items()}
+    if "token_type_ids" not in inspect.signature(model.forward).parameters:  # ModernBERT has no token types
+        inputs.pop("token_type_ids", None)
     with torch.no_grad():
-        out = model(**{k: torch.tensor(v) for k, v in batch.items()}, output_hidden_states=True)
+        out = model(**inputs)
+        base = getattr(model, model.base_model_prefix, model)
+        last_hidden_state = base(**inputs).last_hidden_state
     names = {
         "prediction_logits": "mlm_logits",
         "seq_relationship_logits": "nsp_logits",
@@ -94,5 +116,5 @@ def torch_outputs(model: torch.nn.Module, batch: dict) -> dict[str, np.ndarray]:
         "pooler_output": "pooler_output",
     }
     result = {names[k]: v.numpy() for k, v in out.items() if k in names and v is not None}
-    result.setdefault("last_hidden_state", out.hidden_states[-1].numpy())
+    result.setdefault("last_hidden_state", last_hidden_state.numpy())
     return result

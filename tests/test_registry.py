@@ -34,9 +34,9 @@ def test_lookups_and_their_errors():
     bert = family_named("bert")
     assert family_for_model_type("bert", "x/config.json") is bert
     assert bert.architecture("sequence_classification").__name__ == "BertForSequenceClassification"
-    with pytest.raises(InputError, match=r"config.model.family 'gpt' is not one of \['bert', 'electra', 'roberta', 'xlm_roberta'\]"):
+    with pytest.raises(InputError, match=r"config.model.family 'gpt' is not one of \['bert', 'electra', 'modernbert', 'roberta', 'xlm_roberta'\]"):
         family_named("gpt")
-    with pytest.raises(InputError, match=r"x/config.json: model_type 'llama' is not supported .*\['bert', 'electra', 'roberta', 'xlm-roberta'\]"):
+    with pytest.raises(InputError, match=r"x/config.json: model_type 'llama' is not supported .*\['bert', 'electra', 'modernbert', 'roberta', 'xlm-roberta'\]"):
         family_for_model_type("llama", "x/config.json")
     with pytest.raises(InputError, match="unknown architecture 'LlamaForCausalLM'"):
         family_of("LlamaForCausalLM")

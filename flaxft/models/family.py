@@ -145,6 +145,19 @@ class ModelConfig:
         """The fields read from and written to Hugging Face's config.json."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.name not in cls.TRAINING_OPTIONS)
 
+    @classmethod
+    def hf_values(cls, hf: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """The field values a Hugging Face config.json dict gives (but id2label): those
+        of `hf_fields()` it holds under their own names; InputError naming `source` for
+        values the family cannot take. Families whose config.json spells a field
+        otherwise translate here (and back in `hf_dict`)."""
+        fields = set(cls.hf_fields()) - {"id2label"}
+        return {k: hf[k] for k in fields if k in hf and hf[k] is not None}
+
+    def hf_dict(self) -> dict[str, Any]:
+        """The fields as config.json holds them (training options and id2label left out)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.TRAINING_OPTIONS and k != "id2label"}
+
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
@@ -212,6 +225,8 @@ class Family:
         encoder weights move between heads unchanged.
     layers_path: where the layer stack sits: `layer_{i}` subtrees (unrolled) or one
         `layers` subtree with a leading layer axis (scan_layers).
+    first_scanned_layer: under scan_layers, the layers before it stay `layer_{i}`
+        subtrees (ModernBERT's layer 0 has no attention norm, so it is not stacked).
     optional_encoder_params: encoder subtrees a model may start afresh when a checkpoint
         lacks them (BERT's pooler, absent from masked-LM checkpoints).
     tokenizer: the kind of tokenizer its checkpoints come with ("wordpiece", ...).
@@ -237,6 +252,7 @@ class Family:
     hf: HFFormat
     train_flops: Callable[..., float]
     pretraining_objective: str = "masked_lm"
+    first_scanned_layer: int = 0
 
     def architecture(self, role: str) -> type[nn.Module]:
         """The module class for head `role`; InputError if the family has no such head."""

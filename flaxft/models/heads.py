@@ -90,18 +90,22 @@ class EncoderWithHead(nn.Module):
         self.classifier = dense(cfg, cfg.num_labels, ("embed", "classes"), ("classes",), "classifier")
 
 
-def vocabulary_logits(module: nn.Module, config: ModelConfig, h_BMX: Array, encoder: nn.Module) -> Array:
+def vocabulary_logits(module: nn.Module, config: ModelConfig, h_BMX: Array, encoder: nn.Module,
+                      use_bias: bool = True, init_std: float | None = None) -> Array:
     """Every family's MLM decoder: vocabulary scores [B, M, V] (float32) of states h [B, M,
-    X] (X: the word embeddings' width) plus a bias `module` owns, against the encoder's word
-    embeddings when `config.tie_word_embeddings`, else through `module`'s own `decoder`
-    kernel X x V. Call it inside `module`'s compact `__call__`."""
+    X] (X: the word embeddings' width) plus a bias `module` owns (unless not `use_bias`),
+    against the encoder's word embeddings when `config.tie_word_embeddings`, else through
+    `module`'s own `decoder` kernel X x V (initialised with `init_std`). Call it inside
+    `module`'s compact `__call__`."""
     if config.tie_word_embeddings:
-        logits_BMV = encoder.attend(h_BMX)
+        logits_BMV = encoder.attend(h_BMX).astype(jnp.float32)
     else:
-        logits_BMV = dense(config, config.vocab_size, ("embed", "vocab"), None, "decoder")(h_BMX)
-    bias_V = module.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-                          (config.vocab_size,), config.weights_dtype)
-    logits_BMV = logits_BMV.astype(jnp.float32) + bias_V.astype(jnp.float32)
+        logits_BMV = dense(config, config.vocab_size, ("embed", "vocab"), None, "decoder",
+                           init_std=init_std)(h_BMX).astype(jnp.float32)
+    if use_bias:
+        bias_V = module.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                              (config.vocab_size,), config.weights_dtype)
+        logits_BMV = logits_BMV + bias_V.astype(jnp.float32)
     return nn.with_logical_constraint(logits_BMV, ("activation_batch", "activation_length", "activation_vocab"))
 
 

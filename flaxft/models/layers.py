@@ -28,6 +28,7 @@ LOGICAL_AXES = {
     "hidden": "output features of square D x D projections (pooler, MLM transform)",
     "classes": "output classes of the NSP, classification and QA heads",
     "layers": "stacked layers when scan_layers is on",
+    "fused": "the parts of a fused kernel (ModernBERT's query/key/value, GLU input/gate)",
 }
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -64,6 +65,7 @@ class Dense(nn.Module):
     num_contracted: int
     kernel_axes: tuple[str, ...]
     bias_axes: tuple[str, ...] | None
+    init_std: float | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -72,7 +74,7 @@ class Dense(nn.Module):
         lead, contracted = x.shape[: x.ndim - self.num_contracted], x.shape[x.ndim - self.num_contracted :]
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), self.kernel_axes),
+            nn.with_logical_partitioning(initializer(cfg, self.init_std), self.kernel_axes),
             (*contracted, *self.features),
             cfg.weights_dtype,
         )
@@ -96,19 +98,36 @@ def dense(
     bias_axes: tuple[str, ...] | None,
     name: str,
     num_contracted: int = 1,
+    init_std: float | None = None,
 ) -> Dense:
-    """A dense layer with normal(initializer_range) init and logical axis names on kernel
-    and bias (no bias when `bias_axes` is None), contracting the last `num_contracted`
-    input axes."""
+    """A dense layer with logical axis names on kernel and bias (no bias when `bias_axes`
+    is None), contracting the last `num_contracted` input axes; kernels start as
+    `initializer(config, init_std)` draws."""
     features = (features,) if isinstance(features, int) else tuple(features)
-    return Dense(config, features, num_contracted, kernel_axes, bias_axes, name=name)
+    return Dense(config, features, num_contracted, kernel_axes, bias_axes, init_std, name=name)
 
 
-def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
-    """LayerNorm over D (epsilon `config.layer_norm_eps`) with statistics computed in
-    float32, as PyTorch does."""
+def initializer(config: ModelConfig, std: float | None = None) -> nn.initializers.Initializer:
+    """Fresh weights: normal with standard deviation `std` (default initializer_range),
+    cut at +-initializer_cutoff_factor standard deviations when the config has that field
+    (ModernBERT's truncated normal, as torch's trunc_normal_: not rescaled after the cut)."""
+    std = config.initializer_range if std is None else std
+    cutoff = getattr(config, "initializer_cutoff_factor", None)
+    if cutoff is None:
+        return nn.initializers.normal(std)
+
+    def init(key, shape, dtype=jnp.float32):
+        return (std * jax.random.truncated_normal(key, -cutoff, cutoff, shape, jnp.float32)).astype(dtype)
+
+    return init
+
+
+def layer_norm(config: ModelConfig, name: str, epsilon: float | None = None, use_bias: bool = True) -> nn.LayerNorm:
+    """LayerNorm over D (epsilon: default `config.layer_norm_eps`; with or without a bias)
+    with statistics computed in float32, as PyTorch does."""
     return nn.LayerNorm(
-        epsilon=config.layer_norm_eps,
+        epsilon=config.layer_norm_eps if epsilon is None else epsilon,
+        use_bias=use_bias,
         dtype=config.compute_dtype,
         param_dtype=config.weights_dtype,
         use_fast_variance=False,
@@ -125,9 +144,7 @@ def embed(config: ModelConfig, rows: int, axis: str, name: str, features: int | 
         features or config.hidden_size,
         dtype=config.compute_dtype,
         param_dtype=config.weights_dtype,
-        embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(config.initializer_range), (axis, "embed")
-        ),
+        embedding_init=nn.with_logical_partitioning(initializer(config), (axis, "embed")),
         name=name,
     )
 

@@ -2,8 +2,9 @@
 refitting a checkpoint's parameters to another head.
 
 Layer layouts: unrolled (`layer_0` ... `layer_{n-1}` under the family's `layers_path`) or
-scanned (one `layers` subtree, every leaf with a leading layer axis). The numbers are
-the same; only the tree differs.
+scanned (one `layers` subtree, every leaf with a leading layer axis, after the layers
+before the family's `first_scanned_layer`, which stay `layer_{i}`). The numbers are the
+same; only the tree differs.
 """
 
 import flax.linen as nn
@@ -45,10 +46,11 @@ def restack(params: dict, model: nn.Module, scan_layers: bool) -> dict:
     converted if they are in the other one. Every layer stack is converted: the family's
     (at its `layers_path`) and those of models nested under a top-level key at the same
     relative path (ELECTRA pretraining's generator)."""
-    path = family_of(model).layers_path
+    family = family_of(model)
+    path, first = family.layers_path, family.first_scanned_layer
     for nested in [(key, *path) for key, value in params.items() if _has_path(value, path)]:
-        params = _restacked(params, nested, scan_layers)
-    return _restacked(params, path, scan_layers)
+        params = _restacked(params, nested, scan_layers, first)
+    return _restacked(params, path, scan_layers, first)
 
 
 def _has_path(tree, path: tuple[str, ...]) -> bool:
@@ -59,18 +61,20 @@ def _has_path(tree, path: tuple[str, ...]) -> bool:
     return True
 
 
-def _restacked(params: dict, path: tuple[str, ...], scan_layers: bool) -> dict:
-    """`params` with the layer stack at `path` in the requested layout."""
+def _restacked(params: dict, path: tuple[str, ...], scan_layers: bool, first: int) -> dict:
+    """`params` with the layer stack at `path` in the requested layout; layers before
+    `first` stay `layer_{i}` subtrees in both."""
     stack = _subtree(params, path)
-    if scan_layers == ("layers" in stack):
+    if scan_layers == ("layers" in stack) or len(stack) <= first:  # (nothing to stack: the same tree)
         return params
+    new_stack = {f"layer_{i}": stack[f"layer_{i}"] for i in range(first)}
     if scan_layers:
-        layers = [stack[f"layer_{i}"] for i in range(len(stack))]
-        new_stack = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+        layers = [stack[f"layer_{i}"] for i in range(first, len(stack))]
+        new_stack["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
     else:
         stacked = stack["layers"]
         n = jax.tree.leaves(stacked)[0].shape[0]
-        new_stack = {f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)}
+        new_stack.update({f"layer_{first + i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)})
     return _replaced(params, path, new_stack)
 
 

@@ -4,11 +4,12 @@ architecture. Adding a family is one line here (see docs/adding_a_family.md)."""
 import flax.linen as nn
 
 from flaxft.errors import InputError
-from flaxft.models import bert, electra, roberta
+from flaxft.models import bert, electra, modernbert, roberta
 from flaxft.models.family import Family
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (bert.FAMILY, roberta.FAMILY, roberta.XLM_ROBERTA_FAMILY, electra.FAMILY)
+    family.name: family for family in (bert.FAMILY, roberta.FAMILY, roberta.XLM_ROBERTA_FAMILY, electra.FAMILY,
+                                           modernbert.FAMILY)
 }
 
 # Every head of every family, by transformers architecture name (unique across families).

@@ -1,0 +1,93 @@
+"""ModernBERT in Hugging Face folders: config.json entries and the state-dict name of
+every parameter, read and written through one table."""
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from flaxft.models.bert.weights import head_output_names, same, transpose
+from flaxft.models.family import HFFormat, Weight
+from flaxft.models.modernbert.configuration import ModernBertConfig
+
+_TIED_DECODER = "decoder.weight"
+
+
+def weight_table(config: ModernBertConfig, architecture: str) -> list[Weight]:
+    """Every parameter of `architecture`, in a fixed order."""
+    d, n, h, f = config.hidden_size, config.num_attention_heads, config.head_dim, config.intermediate_size
+    qkv = (lambda k: k.reshape(d, 3 * n * h).T, lambda w: w.T.reshape(d, 3, n, h))
+    qkv_bias = (lambda b: b.reshape(3 * n * h), lambda b: b.reshape(3, n, h))
+    wo = (lambda k: k.reshape(n * h, d).T, lambda w: w.T.reshape(n, h, d))
+    wi = (lambda k: k.reshape(d, 2 * f).T, lambda w: w.T.reshape(d, 2, f))
+    wi_bias = (lambda b: b.reshape(2 * f), lambda b: b.reshape(2, f))
+
+    def linear(path, hf, bias, kernel=(transpose, transpose), bias_fns=(same, same)):
+        table = [Weight(path + ("kernel",), hf + ".weight", *kernel)]
+        return table + ([Weight(path + ("bias",), hf + ".bias", *bias_fns)] if bias else [])
+
+    def norm(path, hf):
+        table = [Weight(path + ("scale",), hf + ".weight", same, same)]
+        return table + ([Weight(path + ("bias",), hf + ".bias", same, same)] if config.norm_bias else [])
+
+    table = [Weight(("embeddings", "tok_embeddings", "embedding"), "embeddings.tok_embeddings.weight", same, same)]
+    table += norm(("embeddings", "norm"), "embeddings.norm")
+    for i in range(config.num_hidden_layers):
+        flax_layer, hf_layer = ("layers", f"layer_{i}"), f"layers.{i}"
+        if i > 0:
+            table += norm(flax_layer + ("attn_norm",), f"{hf_layer}.attn_norm")
+        table += linear(flax_layer + ("attn", "Wqkv"), f"{hf_layer}.attn.Wqkv", config.attention_bias, qkv, qkv_bias)
+        table += linear(flax_layer + ("attn", "Wo"), f"{hf_layer}.attn.Wo", config.attention_bias, wo)
+        table += norm(flax_layer + ("mlp_norm",), f"{hf_layer}.mlp_norm")
+        table += linear(flax_layer + ("mlp", "Wi"), f"{hf_layer}.mlp.Wi", config.mlp_bias, wi, wi_bias)
+        table += linear(flax_layer + ("mlp", "Wo"), f"{hf_layer}.mlp.Wo", config.mlp_bias)
+    table += norm(("final_norm",), "final_norm")
+    table = [dataclasses.replace(w, path=("model",) + w.path) for w in table]
+    if architecture == "ModernBertModel":
+        return table
+    table += linear(("prediction_head", "dense"), "head.dense", config.classifier_bias)
+    table += norm(("prediction_head", "norm"), "head.norm")
+    if architecture == "ModernBertForMaskedLM":
+        if not config.tie_word_embeddings:
+            table.append(Weight(("decoder", "decoder", "kernel"), _TIED_DECODER, transpose, transpose))
+        if config.decoder_bias:
+            table.append(Weight(("decoder", "bias"), "decoder.bias", same, same))
+    else:
+        table += linear(("classifier",), "classifier", True)
+    return table
+
+
+def check_config(hf: Mapping[str, Any], source: str) -> None:
+    """Nothing to refuse beyond what `ModernBertConfig.hf_values` (rotary types) and its
+    validation (layer types, activations, pooling) already do; `sparse_prediction` only
+    changes which logits transformers returns in training, not the weights."""
+
+
+def config_extras(config: ModernBertConfig, architecture: str) -> dict[str, Any]:
+    """Regression for a one-label sequence classifier."""
+    if config.num_labels == 1 and architecture == "ModernBertForSequenceClassification":
+        return {"problem_type": "regression"}
+    return {}
+
+
+def read_aliases(tensors: dict[str, Any], config: ModernBertConfig) -> dict[str, Any]:
+    """Drops the tied decoder's copy of the token embeddings."""
+    if config.tie_word_embeddings:
+        tensors = {k: v for k, v in tensors.items() if k != _TIED_DECODER}
+    return tensors
+
+
+def write_extras(tensors: dict[str, Any], config: ModernBertConfig) -> dict[str, Any]:
+    return tensors
+
+
+HF_FORMAT = HFFormat(
+    base_prefix="model.",
+    weight_table=weight_table,
+    check_config=check_config,
+    config_extras=config_extras,
+    read_aliases=read_aliases,
+    head_prefixes=("head.", "decoder.", "classifier."),
+    write_extras=write_extras,
+    output_names=functools.partial(head_output_names, encoder_outputs=("last_hidden_state",)),
+)
