@@ -27,7 +27,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.optimizer = "adamw"  # or "lamb"
     c.learning_rate = 1e-4
     c.warmup_steps = 100
-    c.lr_schedule = "linear"  # after warmup: "linear" or "cosine" decay to end_learning_rate
+    c.lr_schedule = "linear"  # after warmup: "linear" or "cosine" decay to end_learning_rate; "wsd" (warmup-
+    # stable-decay) holds learning_rate, then decays to end_learning_rate over the last decay_steps (1 - sqrt)
+    c.decay_steps = 0  # "wsd" only: the final steps that decay (Hägele et al. 2024); 0 with other schedules
     c.end_learning_rate = 0.0
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
@@ -114,7 +116,7 @@ def model_group(family_name: str, model: ModelConfig) -> ml_collections.ConfigDi
 
 _CHOICES = {
     "optimizer": ("adamw", "lamb"),
-    "lr_schedule": ("linear", "cosine"),
+    "lr_schedule": ("linear", "cosine", "wsd"),
     "data.format": ("bert", "roberta"),
     "on_nonfinite": ("abort", "skip"),
     "task.name": ("pretraining", "classification", "ner", "qa"),  # flaxft.tasks.FINETUNE_TASKS
@@ -160,6 +162,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if _get(config, field) < 1:
             raise InputError(f"config.{field} must be positive, got {_get(config, field)}")
     _check_length(config)
+    _check_schedule(config)
     if not 0 < config.data.mask_rate < 1:
         raise InputError(f"config.data.mask_rate must be in (0, 1), got {config.data.mask_rate}")
     if not 0 < config.data.eval_fraction < 1:
@@ -198,6 +201,23 @@ def _check_length(config: ml_collections.ConfigDict) -> None:
                          "set one: a number of steps, or of passes over the training rows")
     elif not steps and not epochs:
         raise InputError("fine-tuning needs config.num_train_steps or config.task.epochs")
+
+
+def _check_schedule(config: ml_collections.ConfigDict) -> None:
+    """decay_steps belongs to "wsd", which needs it; warmup and decay fit into the run (fine-tuning
+    that gives task.epochs learns its length later: optim.learning_rate_schedule checks then)."""
+    warmup, decay, steps = config.warmup_steps, config.decay_steps, config.num_train_steps
+    if config.lr_schedule != "wsd":
+        if decay:
+            raise InputError(f"config.decay_steps ({decay}) is for config.lr_schedule 'wsd'; "
+                             f"{config.lr_schedule!r} decays over every step after warmup: set decay_steps = 0")
+        return
+    if decay < 1:
+        raise InputError(f"config.decay_steps must be positive with config.lr_schedule 'wsd' "
+                         f"(the final steps that decay to end_learning_rate), got {decay}")
+    if steps and warmup + decay > steps:
+        raise InputError(f"config.warmup_steps ({warmup}) + config.decay_steps ({decay}) exceed "
+                         f"config.num_train_steps ({steps}) with config.lr_schedule 'wsd'")
 
 
 def _check_keys_and_types(config, defaults, prefix: str) -> None:

@@ -9,12 +9,23 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from flaxft.errors import InputError
+
 NO_DECAY_LEAVES = ("bias", "scale")  # Dense/LayerNorm biases and LayerNorm scales
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then linear or cosine
-    decay to `end_learning_rate` at `num_train_steps`."""
+    """The learning rate at each step (a count of updates applied, int32 []): linear warmup
+    from 0 to `learning_rate` over `warmup_steps`, then by `lr_schedule`:
+
+    - "linear" / "cosine": decay to `end_learning_rate` at `num_train_steps`;
+    - "wsd" (warmup-stable-decay): `learning_rate` until the last `decay_steps` steps, which
+      decay to `end_learning_rate` at `num_train_steps` with Hägele et al.'s (2024) "1-sqrt"
+      shape, end + (peak - end) * (1 - sqrt(t / decay_steps)), t counting from the decay's
+      first step. Raises InputError when warmup and decay do not fit into num_train_steps
+      (which fine-tuning may only know here, from task.epochs)."""
+    if config.lr_schedule == "wsd":
+        return _wsd_schedule(config)
     warmup = min(config.warmup_steps, config.num_train_steps)
     decay_steps = max(config.num_train_steps - warmup, 1)
     if config.lr_schedule == "cosine":
@@ -26,6 +37,28 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, warmup), decay], [warmup])
+
+
+def _wsd_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    warmup, decay_steps, total = config.warmup_steps, config.decay_steps, config.num_train_steps
+    if decay_steps < 1 or warmup + decay_steps > total:
+        raise InputError(f"config.lr_schedule 'wsd' needs 0 < config.decay_steps ({decay_steps}) and "
+                         f"config.warmup_steps ({warmup}) + decay_steps <= config.num_train_steps ({total})")
+    peak, end = config.learning_rate, config.end_learning_rate
+
+    def decay(step):  # step 0 is the decay's first step; end_learning_rate from decay_steps on
+        t = jnp.clip(jnp.asarray(step, jnp.float32), 0, decay_steps) / decay_steps
+        return end + (peak - end) * (1 - jnp.sqrt(t))
+
+    schedules, boundaries = [], []  # the phases that have steps, and where each after the first starts
+    if warmup > 0:
+        schedules.append(optax.linear_schedule(0.0, peak, warmup))
+    if total - decay_steps > warmup:  # a stable phase
+        boundaries += [warmup] if schedules else []
+        schedules.append(optax.constant_schedule(peak))
+    if not schedules:
+        return decay
+    return optax.join_schedules([*schedules, decay], [*boundaries, total - decay_steps])
 
 
 def weight_decay_mask(params) -> dict:

@@ -1,4 +1,5 @@
-"""The fused AdamW against optax's clip + adamw chain, step by step."""
+"""The fused AdamW against optax's clip + adamw chain, step by step; the learning-rate
+schedules against their formulas and the config rules that guard them."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,9 @@ import numpy as np
 import optax
 import pytest
 
+from flaxft import config as config_lib
 from flaxft import optim
+from flaxft.errors import InputError
 
 
 def _tree(rng, scale=1.0):
@@ -48,3 +51,77 @@ def test_fused_adamw_matches_optax(clip_norm, grad_scale):
     updates, _ = fused.update(zero, fresh._replace(count=jnp.asarray(5, jnp.int32)), params_fused)
     assert float(jnp.abs(updates["layer"]["bias"]).max()) == 0.0
     assert float(jnp.abs(updates["layer"]["kernel"]).max()) > 0.0
+
+
+def _schedule_config(**overrides):
+    config = config_lib.default_config()
+    config.update(num_train_steps=20, learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=4)
+    config.update(overrides)
+    return config
+
+
+def _wsd_reference(step, *, warmup, decay_steps, total, peak=1e-3, end=1e-5):
+    """Warmup-stable-decay written out: linear warmup, peak, then Hägele et al.'s 1-sqrt cooldown
+    over the last decay_steps, end_learning_rate from num_train_steps on."""
+    if step < warmup:
+        return peak * step / warmup
+    if step < total - decay_steps:
+        return peak
+    t = min(step - (total - decay_steps), decay_steps) / decay_steps
+    return end + (peak - end) * (1 - np.sqrt(t))
+
+
+@pytest.mark.parametrize("warmup, decay_steps", [(4, 6), (0, 6), (4, 16), (0, 20), (1, 1)],
+                         ids=["warmup-stable-decay", "no-warmup", "no-stable", "decay-only", "one-step-each"])
+def test_wsd_schedule_matches_its_formula(warmup, decay_steps):
+    config = _schedule_config(lr_schedule="wsd", warmup_steps=warmup, decay_steps=decay_steps)
+    config_lib.validate(config)
+    schedule = jax.jit(optim.learning_rate_schedule(config))
+    steps = range(config.num_train_steps + 3)
+    got = [float(schedule(jnp.asarray(s, jnp.int32))) for s in steps]
+    want = [_wsd_reference(s, warmup=warmup, decay_steps=decay_steps, total=20) for s in steps]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    # The shape the recipe asks for: peak held until the decay, which starts at the peak and
+    # lands on end_learning_rate exactly at num_train_steps.
+    start = 20 - decay_steps
+    assert got[start] == pytest.approx(1e-3) and got[20] == pytest.approx(1e-5) and got[-1] == got[20]
+    if start > warmup:
+        assert got[warmup:start] == [pytest.approx(1e-3)] * (start - warmup)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_linear_and_cosine_schedules_are_unchanged(name):
+    """Bit for bit the construction they always had (warmup joined to optax's decay)."""
+    config = _schedule_config(lr_schedule=name)
+    decay = (optax.cosine_decay_schedule(1e-3, 16, alpha=1e-5 / 1e-3) if name == "cosine"
+             else optax.linear_schedule(1e-3, 1e-5, 16))
+    reference = optax.join_schedules([optax.linear_schedule(0.0, 1e-3, 4), decay], [4])
+    schedule = optim.learning_rate_schedule(config)
+    for step in range(24):
+        assert float(schedule(step)) == float(reference(step)), step
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"lr_schedule": "wsd"}, r"config.decay_steps must be positive with config.lr_schedule 'wsd'"),
+        ({"lr_schedule": "wsd", "decay_steps": -2}, r"config.decay_steps must be positive"),
+        ({"lr_schedule": "wsd", "decay_steps": 17}, r"config.warmup_steps \(4\) \+ config.decay_steps \(17\) "
+                                                    r"exceed config.num_train_steps \(20\)"),
+        ({"decay_steps": 5}, r"config.decay_steps \(5\) is for config.lr_schedule 'wsd'; 'linear'"),
+        ({"lr_schedule": "cosine", "decay_steps": 5}, r"config.decay_steps \(5\) is for config.lr_schedule 'wsd'"),
+    ],
+)
+def test_wsd_config_rules(values, message):
+    with pytest.raises(InputError, match=message):
+        config_lib.validate(_schedule_config(**values))
+
+
+def test_wsd_longer_than_a_fine_tuning_run_is_an_input_error():
+    """Fine-tuning by task.epochs learns num_train_steps after validation: the schedule checks."""
+    config = _schedule_config(lr_schedule="wsd", decay_steps=10, num_train_steps=0)
+    config.task.update(name="classification", epochs=1.0)
+    config_lib.validate(config)
+    config.num_train_steps = 12  # what setup computed from task.epochs
+    with pytest.raises(InputError, match=r"config.warmup_steps \(4\) \+ decay_steps <= config.num_train_steps"):
+        optim.learning_rate_schedule(config)
