@@ -24,7 +24,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1  # microbatches per step; each holds global_batch_size / grad_accum_steps rows
     c.seq_len = 128
 
-    c.optimizer = "adamw"  # or "lamb"
+    c.optimizer = "adamw"  # or "stable_adamw" (AdamW, each tensor's learning rate divided by
+    # max(1, sqrt(mean(g^2 / v))): Wortsman et al. 2023, as ModernBERT trains), or "lamb"
     c.learning_rate = 1e-4
     c.warmup_steps = 100
     c.lr_schedule = "linear"  # after warmup: "linear" or "cosine" decay to end_learning_rate; "wsd" (warmup-
@@ -115,7 +116,7 @@ def model_group(family_name: str, model: ModelConfig) -> ml_collections.ConfigDi
 
 
 _CHOICES = {
-    "optimizer": ("adamw", "lamb"),
+    "optimizer": ("adamw", "stable_adamw", "lamb"),
     "lr_schedule": ("linear", "cosine", "wsd"),
     "data.format": ("bert", "roberta"),
     "on_nonfinite": ("abort", "skip"),

@@ -1,5 +1,6 @@
-"""Optimizers for BERT: AdamW or LAMB, warmup then linear or cosine decay, global-norm
-clipping, and no weight decay on biases or LayerNorm parameters."""
+"""Optimizers for encoders: AdamW, StableAdamW or LAMB; warmup then linear, cosine or
+warmup-stable-decay schedules; global-norm clipping; no weight decay on biases or LayerNorm
+parameters."""
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -85,13 +86,26 @@ def fused_adamw(
     weight_decay: float,
     mask: Callable[[Any], Any],
     clip_norm: float = 0.0,
+    stable: bool = False,
 ) -> optax.GradientTransformation:
     """`optax.chain(optax.clip_by_global_norm(clip_norm), optax.adamw(...))` computed as one
     elementwise function per parameter (clip scale, both moments, bias correction, weight
     decay where `mask(params)` is True, learning rate), so XLA reads each gradient and
     moment once instead of materialising every stage (what it saves: the README's benchmark
     section). No clipping when clip_norm <= 0. Same numbers as optax
-    (tests/test_optim.py)."""
+    (tests/test_optim.py).
+
+    stable: StableAdamW (Wortsman et al. 2023, arXiv:2304.13013, Algorithm 2), AdamW with
+    AdaFactor's update clipping: each tensor's learning rate (for its Adam step and its
+    weight decay alike) is lr_t / max(1, RMS_t), RMS_t = sqrt(mean(g_t^2 / max(v_t, eps^2)))
+    over the tensor. g_t is the gradient after global-norm clipping; v_t is the updated,
+    bias-corrected second moment nu / (1 - b2^t), the paper's u_t: its moments use debiased
+    betas b(1 - b^(t-1)) / (1 - b^t), which gives exactly the bias-corrected average (so
+    RMS_t = 1 at t = 1, and about 1 while the second moment keeps up with the gradients).
+    The eps^2 floor, off the paper's formula, keeps zero gradients finite (optimi's
+    StableAdamW, which ModernBERT trains with, has the same).
+
+    The state (count, mu, nu) is AdamW's in every variant, so checkpoints carry over."""
 
     def init(params) -> AdamWState:
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
@@ -111,10 +125,15 @@ def fused_adamw(
             g = g * scale
             m = (1 - b1) * g + b1 * m
             v = (1 - b2) * g * g + b2 * v
-            u = (m / correction1.astype(m.dtype)) / (jnp.sqrt(v / correction2.astype(v.dtype)) + eps)
+            v_hat = v / correction2.astype(v.dtype)
+            u = (m / correction1.astype(m.dtype)) / (jnp.sqrt(v_hat) + eps)
+            step_lr = lr
+            if stable:  # the tensor's one reduction: its RMS of g^2 / v_hat
+                rms = jnp.sqrt(jnp.mean(g * g / jnp.maximum(v_hat, eps * eps)))
+                step_lr = lr / jnp.maximum(1.0, rms)
             if decays:
                 u = u + weight_decay * p
-            return -lr * u, m, v
+            return -step_lr * u, m, v
 
         out = jax.tree.map(one, grads, state.mu, state.nu, params, mask(params))
         updates, mu, nu = (jax.tree.map(lambda o, i=i: o[i], out, is_leaf=lambda o: isinstance(o, tuple))
@@ -125,12 +144,14 @@ def fused_adamw(
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The configured optimizer, clipping first when `grad_clip_norm` > 0."""
+    """The configured optimizer, clipping first when `grad_clip_norm` > 0: AdamW or
+    StableAdamW (fused_adamw), or LAMB."""
     schedule = learning_rate_schedule(config)
     kwargs = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                   weight_decay=config.weight_decay, mask=weight_decay_mask)
-    if config.optimizer == "adamw":
-        return fused_adamw(schedule, clip_norm=config.grad_clip_norm, **kwargs)
+    if config.optimizer in ("adamw", "stable_adamw"):
+        return fused_adamw(schedule, clip_norm=config.grad_clip_norm, stable=config.optimizer == "stable_adamw",
+                           **kwargs)
     optimizer = optax.lamb(schedule, **kwargs)
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)

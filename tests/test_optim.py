@@ -125,3 +125,114 @@ def test_wsd_longer_than_a_fine_tuning_run_is_an_input_error():
     config.num_train_steps = 12  # what setup computed from task.epochs
     with pytest.raises(InputError, match=r"config.warmup_steps \(4\) \+ decay_steps <= config.num_train_steps"):
         optim.learning_rate_schedule(config)
+
+
+def _leaves(tree) -> dict:
+    return {jax.tree_util.keystr(path): np.asarray(leaf, np.float64)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _stable_adamw_reference(params, grads_per_step, schedule, *, b1, b2, eps, weight_decay, clip_norm):
+    """Wortsman et al. (2023), Algorithm 2 as printed, in float64 numpy, after global-norm
+    clipping: moments with debiased betas b_hat = b (1 - b^(t-1)) / (1 - b^t),
+    RMS_t = sqrt(mean(g_t^2 / max(u_t, eps^2))) per tensor, eta_t = alpha_t / max(1, RMS_t),
+    theta_t = theta_(t-1) - eta_t lambda theta_(t-1) - eta_t v_t / (sqrt(u_t) + eps), no
+    decay on biases and LayerNorm scales. Returns the final params (by path) and each
+    step's per-tensor factors 1 / max(1, RMS_t)."""
+    theta = _leaves(params)
+    first = {k: np.zeros_like(p) for k, p in theta.items()}  # the paper's v_t
+    second = {k: np.zeros_like(p) for k, p in theta.items()}  # the paper's u_t
+    factors = []
+    for t, grads in enumerate(grads_per_step, start=1):
+        g = _leaves(grads)
+        if clip_norm > 0:
+            norm = np.sqrt(sum((x * x).sum() for x in g.values()))
+            g = {k: x * min(1.0, clip_norm / norm) for k, x in g.items()}
+        b1_hat = b1 * (1 - b1 ** (t - 1)) / (1 - b1**t)
+        b2_hat = b2 * (1 - b2 ** (t - 1)) / (1 - b2**t)
+        alpha = float(schedule(t - 1))
+        factors.append({})
+        for k in theta:
+            first[k] = b1_hat * first[k] + (1 - b1_hat) * g[k]
+            second[k] = b2_hat * second[k] + (1 - b2_hat) * g[k] ** 2
+            rms = np.sqrt(np.mean(g[k] ** 2 / np.maximum(second[k], eps**2)))
+            eta = alpha / max(1.0, rms)
+            factors[-1][k] = 1 / max(1.0, rms)
+            decay = weight_decay if k.split("'")[-2] not in optim.NO_DECAY_LEAVES else 0.0
+            theta[k] = theta[k] - eta * decay * theta[k] - eta * first[k] / (np.sqrt(second[k]) + eps)
+    return theta, factors
+
+
+def _run(tx, params, grads_per_step):
+    state = tx.init(params)
+    for grads in grads_per_step:
+        updates, state = jax.jit(tx.update)(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+STABLE = dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, mask=optim.weight_decay_mask)
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 10.0])
+def test_stable_adamw_scales_down_a_gradient_spike_like_the_paper(clip_norm):
+    """Steady gradients, then a spike on the kernel (30x) at step 5: its update is clipped
+    (the scale drops below 1 there), the other tensors' are not, and the fused update follows
+    the paper's algorithm over all 7 steps; plain AdamW moves the kernel differently."""
+    rng = np.random.default_rng(1)
+    schedule = optax.linear_schedule(0.0, 1e-2, 3)
+    params = _tree(rng)
+    grads_per_step = [_tree(rng, 0.1) for _ in range(7)]
+    grads_per_step[4]["layer"]["kernel"] = grads_per_step[4]["layer"]["kernel"] * 30
+    want, factors = _stable_adamw_reference(params, grads_per_step, schedule, clip_norm=clip_norm,
+                                            **{k: v for k, v in STABLE.items() if k != "mask"})
+    kernel = "['layer']['kernel']"
+    assert factors[4][kernel] < 0.5, factors[4]  # the clipping this test is about happened
+    assert factors[4]["['layer']['bias']"] == 1.0 and factors[0][kernel] == 1.0  # and only there
+    got = _run(optim.fused_adamw(schedule, clip_norm=clip_norm, stable=True, **STABLE), params, grads_per_step)
+    for key, value in _leaves(got).items():
+        np.testing.assert_allclose(value, want[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    plain = _run(optim.fused_adamw(schedule, clip_norm=clip_norm, **STABLE), params, grads_per_step)
+    assert np.abs(_leaves(plain)[kernel] - want[kernel]).max() > 1e-3
+
+
+def test_stable_adamw_without_a_spike_is_adamw():
+    """Gradients that shrink step by step (clipping on, not binding) never outgrow their second
+    moment: RMS_t <= 1 on every tensor at every step, and StableAdamW is AdamW bit for bit
+    (and the paper's algorithm too)."""
+    rng = np.random.default_rng(2)
+    schedule = optax.linear_schedule(0.0, 1e-2, 3)
+    params = _tree(rng)
+    grads_per_step = [jax.tree.map(lambda p, s=step: jnp.asarray(rng.normal(size=p.shape) * 0.5**s, jnp.float32),
+                                   params) for step in range(6)]
+    want, factors = _stable_adamw_reference(params, grads_per_step, schedule, clip_norm=100.0,
+                                            **{k: v for k, v in STABLE.items() if k != "mask"})
+    assert all(f == 1.0 for step in factors for f in step.values()), factors
+    got = _run(optim.fused_adamw(schedule, clip_norm=100.0, stable=True, **STABLE), params, grads_per_step)
+    plain = _run(optim.fused_adamw(schedule, clip_norm=100.0, **STABLE), params, grads_per_step)
+    for key, value in _leaves(got).items():
+        np.testing.assert_array_equal(value, _leaves(plain)[key], err_msg=key)
+        np.testing.assert_allclose(value, want[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_stable_adamw_from_the_config():
+    """optimizer = "stable_adamw" validates and is fused_adamw(stable=True), with the config's
+    clipping and hyperparameters; zero gradients on a fresh state stay finite (the eps^2 floor)."""
+    config = _schedule_config(optimizer="stable_adamw", grad_clip_norm=0.5, weight_decay=0.05)
+    config_lib.validate(config)
+    rng = np.random.default_rng(3)
+    params = _tree(rng)
+    tx = optim.make_optimizer(config)
+    direct = optim.fused_adamw(optim.learning_rate_schedule(config), b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.05,
+                               mask=optim.weight_decay_mask, clip_norm=0.5, stable=True)
+    state, direct_state = tx.init(params), direct.init(params)
+    for _ in range(3):  # past warmup's first step, where the learning rate is 0
+        grads = _tree(rng, 5.0)
+        got, state = tx.update(grads, state, params)
+        want, direct_state = direct.update(grads, direct_state, params)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(g, w)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params)._replace(count=jnp.asarray(5, jnp.int32)), params)
+    assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates))
+    assert float(jnp.abs(updates["layer"]["bias"]).max()) == 0.0
