@@ -36,6 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.adam_b2 = 0.999
     c.adam_eps = 1e-6
     c.weight_decay = 0.01  # not applied to biases and LayerNorm parameters
+    c.decoupled_weight_decay = False  # adamw, stable_adamw: decay p by weight_decay * lr_t / learning_rate
+    # (the schedule's shape, not its size: Composer's DecoupledAdamW) instead of by lr_t * weight_decay,
+    # so weight_decay is far smaller (ModernBERT: 1e-5)
     c.grad_clip_norm = 1.0  # global-norm clipping; 0 turns it off
 
     c.log_every_steps = 10
@@ -164,6 +167,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise InputError(f"config.{field} must be positive, got {_get(config, field)}")
     _check_length(config)
     _check_schedule(config)
+    if config.decoupled_weight_decay and config.optimizer == "lamb":
+        raise InputError("config.decoupled_weight_decay is for config.optimizer 'adamw' or 'stable_adamw', not 'lamb'")
     if not 0 < config.data.mask_rate < 1:
         raise InputError(f"config.data.mask_rate must be in (0, 1), got {config.data.mask_rate}")
     if not 0 < config.data.eval_fraction < 1:

@@ -1,6 +1,6 @@
 """Optimizers for encoders: AdamW, StableAdamW or LAMB; warmup then linear, cosine or
-warmup-stable-decay schedules; global-norm clipping; no weight decay on biases or LayerNorm
-parameters."""
+warmup-stable-decay schedules; global-norm clipping; weight decay (optionally decoupled from
+the learning rate) off biases and LayerNorm parameters."""
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -87,6 +87,8 @@ def fused_adamw(
     mask: Callable[[Any], Any],
     clip_norm: float = 0.0,
     stable: bool = False,
+    decoupled_weight_decay: bool = False,
+    peak_learning_rate: float = 0.0,
 ) -> optax.GradientTransformation:
     """`optax.chain(optax.clip_by_global_norm(clip_norm), optax.adamw(...))` computed as one
     elementwise function per parameter (clip scale, both moments, bias correction, weight
@@ -105,7 +107,16 @@ def fused_adamw(
     The eps^2 floor, off the paper's formula, keeps zero gradients finite (optimi's
     StableAdamW, which ModernBERT trains with, has the same).
 
+    decoupled_weight_decay: weight decay decoupled from the learning rate's size (Loshchilov
+    & Hutter's form, as Composer's DecoupledAdamW): p <- p - weight_decay * (lr_t /
+    peak_learning_rate) * p follows the schedule's shape only, instead of optax's (and
+    PyTorch's) p <- p - lr_t * weight_decay * p. With `stable`, lr_t is the tensor's
+    RMS-scaled rate here too (as optimi's StableAdamW(decouple_lr=True) does).
+
     The state (count, mu, nu) is AdamW's in every variant, so checkpoints carry over."""
+
+    if decoupled_weight_decay and not peak_learning_rate > 0:
+        raise ValueError(f"decoupled weight decay needs the peak learning rate, got {peak_learning_rate}")
 
     def init(params) -> AdamWState:
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
@@ -131,6 +142,8 @@ def fused_adamw(
             if stable:  # the tensor's one reduction: its RMS of g^2 / v_hat
                 rms = jnp.sqrt(jnp.mean(g * g / jnp.maximum(v_hat, eps * eps)))
                 step_lr = lr / jnp.maximum(1.0, rms)
+            if decays and decoupled_weight_decay:
+                return -step_lr * u - weight_decay * (step_lr / peak_learning_rate) * p, m, v
             if decays:
                 u = u + weight_decay * p
             return -step_lr * u, m, v
@@ -145,13 +158,15 @@ def fused_adamw(
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The configured optimizer, clipping first when `grad_clip_norm` > 0: AdamW or
-    StableAdamW (fused_adamw), or LAMB."""
+    StableAdamW (fused_adamw), with weight decay decoupled from the learning rate when
+    `decoupled_weight_decay`, or LAMB."""
     schedule = learning_rate_schedule(config)
     kwargs = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                   weight_decay=config.weight_decay, mask=weight_decay_mask)
     if config.optimizer in ("adamw", "stable_adamw"):
         return fused_adamw(schedule, clip_norm=config.grad_clip_norm, stable=config.optimizer == "stable_adamw",
-                           **kwargs)
+                           decoupled_weight_decay=config.decoupled_weight_decay,
+                           peak_learning_rate=config.learning_rate, **kwargs)
     optimizer = optax.lamb(schedule, **kwargs)
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)

@@ -132,13 +132,15 @@ def _leaves(tree) -> dict:
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _stable_adamw_reference(params, grads_per_step, schedule, *, b1, b2, eps, weight_decay, clip_norm):
+def _stable_adamw_reference(params, grads_per_step, schedule, *, b1, b2, eps, weight_decay, clip_norm,
+                            stable=True, peak_learning_rate=0.0):
     """Wortsman et al. (2023), Algorithm 2 as printed, in float64 numpy, after global-norm
     clipping: moments with debiased betas b_hat = b (1 - b^(t-1)) / (1 - b^t),
     RMS_t = sqrt(mean(g_t^2 / max(u_t, eps^2))) per tensor, eta_t = alpha_t / max(1, RMS_t),
     theta_t = theta_(t-1) - eta_t lambda theta_(t-1) - eta_t v_t / (sqrt(u_t) + eps), no
     decay on biases and LayerNorm scales. Returns the final params (by path) and each
-    step's per-tensor factors 1 / max(1, RMS_t)."""
+    step's per-tensor factors 1 / max(1, RMS_t). stable=False: plain AdamW (eta_t = alpha_t);
+    peak_learning_rate > 0: decoupled decay, lambda eta_t / peak_learning_rate instead."""
     theta = _leaves(params)
     first = {k: np.zeros_like(p) for k, p in theta.items()}  # the paper's v_t
     second = {k: np.zeros_like(p) for k, p in theta.items()}  # the paper's u_t
@@ -156,9 +158,11 @@ def _stable_adamw_reference(params, grads_per_step, schedule, *, b1, b2, eps, we
             first[k] = b1_hat * first[k] + (1 - b1_hat) * g[k]
             second[k] = b2_hat * second[k] + (1 - b2_hat) * g[k] ** 2
             rms = np.sqrt(np.mean(g[k] ** 2 / np.maximum(second[k], eps**2)))
-            eta = alpha / max(1.0, rms)
-            factors[-1][k] = 1 / max(1.0, rms)
+            factors[-1][k] = 1 / max(1.0, rms) if stable else 1.0
+            eta = alpha * factors[-1][k]
             decay = weight_decay if k.split("'")[-2] not in optim.NO_DECAY_LEAVES else 0.0
+            if peak_learning_rate > 0:
+                decay = decay / peak_learning_rate
             theta[k] = theta[k] - eta * decay * theta[k] - eta * first[k] / (np.sqrt(second[k]) + eps)
     return theta, factors
 
@@ -236,3 +240,54 @@ def test_stable_adamw_from_the_config():
     updates, _ = tx.update(zero, tx.init(params)._replace(count=jnp.asarray(5, jnp.int32)), params)
     assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates))
     assert float(jnp.abs(updates["layer"]["bias"]).max()) == 0.0
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["adamw", "stable_adamw"])
+def test_decoupled_weight_decay_matches_its_reference(stable):
+    """p <- p - weight_decay * (lr_t / peak) * p on kernels (and the RMS scale with StableAdamW,
+    which the spike at step 5 triggers), over 7 steps of warmup then cosine decay; the coupled
+    form (lr_t * weight_decay) lands elsewhere."""
+    rng = np.random.default_rng(4)
+    peak = 1e-2
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, peak, 3), optax.cosine_decay_schedule(peak, 4)], [3])
+    params = _tree(rng)
+    grads_per_step = [_tree(rng, 0.1) for _ in range(7)]
+    grads_per_step[4]["layer"]["kernel"] = grads_per_step[4]["layer"]["kernel"] * 30
+    hyper = dict(STABLE, weight_decay=0.1)
+    want, factors = _stable_adamw_reference(params, grads_per_step, schedule, clip_norm=1.0, stable=stable,
+                                            peak_learning_rate=peak,
+                                            **{k: v for k, v in hyper.items() if k != "mask"})
+    assert (min(f for step in factors for f in step.values()) < 1.0) == stable
+    tx = optim.fused_adamw(schedule, clip_norm=1.0, stable=stable, decoupled_weight_decay=True,
+                           peak_learning_rate=peak, **hyper)
+    got = _leaves(_run(tx, params, grads_per_step))
+    for key, value in got.items():
+        np.testing.assert_allclose(value, want[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    coupled = _leaves(_run(optim.fused_adamw(schedule, clip_norm=1.0, stable=stable, **hyper), params, grads_per_step))
+    kernel = "['layer']['kernel']"
+    assert np.abs(coupled[kernel] - got[kernel]).max() > 1e-2
+    np.testing.assert_array_equal(coupled["['layer']['bias']"], got["['layer']['bias']"])  # no decay there
+
+
+def test_decoupled_weight_decay_ignores_the_learning_rate_size():
+    """At the peak rate a zero gradient decays a kernel by weight_decay * p whatever that rate
+    is (coupled: by lr * weight_decay * p); half the peak, half the decay. From the config:
+    decoupled_weight_decay with adamw and stable_adamw, an InputError with lamb."""
+    params = _tree(np.random.default_rng(5))
+    zero = jax.tree.map(jnp.zeros_like, params)
+    kernel = params["layer"]["kernel"]
+    for name in ("adamw", "stable_adamw"):
+        config = _schedule_config(optimizer=name, decoupled_weight_decay=True, weight_decay=1e-2, warmup_steps=0,
+                                  learning_rate=3e-4, end_learning_rate=0.0)
+        config_lib.validate(config)
+        tx = optim.make_optimizer(config)
+        for step, fraction in ((0, 1.0), (10, 0.5)):  # linear decay over 20 steps: the peak, then half of it
+            state = tx.init(params)._replace(count=jnp.asarray(step, jnp.int32))
+            updates, _ = tx.update(zero, state, params)
+            np.testing.assert_allclose(updates["layer"]["kernel"], -1e-2 * fraction * kernel, rtol=1e-6)
+            assert float(jnp.abs(updates["layer"]["bias"]).max()) == 0.0
+    with pytest.raises(InputError, match=r"config.decoupled_weight_decay is for config.optimizer 'adamw' or "
+                                         r"'stable_adamw', not 'lamb'"):
+        config_lib.validate(_schedule_config(optimizer="lamb", decoupled_weight_decay=True))
+    with pytest.raises(ValueError, match="peak learning rate"):
+        optim.fused_adamw(optax.constant_schedule(1e-3), decoupled_weight_decay=True, **STABLE)
