@@ -2,8 +2,9 @@
 on layers 0 and 3, sliding windows of 32 tokens between, GeGLU, pre-LayerNorm without
 biases) learns masked language modelling with ModernBERT's 30% masking on the offline
 corpus in a few minutes on 2 CPU cores, with a byte-level BPE tokenizer trained on the
-corpus (`data.tokenizer` empty) and full sentences packed (no NSP; attention and rotary
-positions stay inside each packed sequence).
+corpus (`data.tokenizer` empty), full sentences packed (no NSP; attention and rotary
+positions stay inside each packed sequence), and ModernBERT's optimizer: StableAdamW,
+decoupled weight decay, warmup-stable-decay.
 
     python -m flaxft.main --config configs/pretrain_modernbert_tiny.py --workdir runs/modernbert
 """
@@ -18,7 +19,13 @@ def get_config():
     config.seq_len = 64
     config.learning_rate = 2e-3  # small models take a large step
     config.warmup_steps = 60
-    config.weight_decay = 1e-5  # ModernBERT's
+    config.lr_schedule = "wsd"  # ModernBERT's optimizer recipe (configs/pretrain_modernbert_base.py), shortened
+    config.decay_steps = 150
+    config.optimizer = "stable_adamw"
+    config.adam_b2 = 0.98
+    config.weight_decay = 1e-5
+    config.decoupled_weight_decay = True
+    config.grad_clip_norm = 0.0
     config.log_every_steps = 10
     config.eval_every_steps = 200
     config.eval_batches = 4

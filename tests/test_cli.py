@@ -57,6 +57,14 @@ def test_print_config_shows_the_resolved_config_and_runs_nothing():
     assert not (REPO / "unused").exists()
 
 
+def test_a_config_file_argument_picks_a_phase():
+    """`--config FILE:ARG` passes ARG to get_config: ModernBERT-base's context extension."""
+    extend = json.loads(print_config(config="configs/pretrain_modernbert_base.py:8192").stdout)
+    assert (extend["seq_len"], extend["lr_schedule"], extend["model"]["global_rope_theta"]) == (8192, "wsd", 160000.0)
+    first = json.loads(print_config(config="configs/pretrain_modernbert_base.py").stdout)
+    assert (first["seq_len"], first["model"]["global_rope_theta"]) == (1024, 10000.0)
+
+
 def test_the_command_line_run_length_wins_and_both_is_an_error():
     from_file = json.loads(print_config().stdout)
     assert (from_file["task"]["epochs"], from_file["num_train_steps"]) == (3.0, 0)
