@@ -96,9 +96,9 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     tokenizer, write_tokenizer = tokenizer_of(config, workdir, documents, model_family.tokenizer)
     model_family.check_tokenizer(data.tokenizer_kind(tokenizer), config.data.tokenizer or str(workdir / TOKENIZER))
     vocab = tokenizer.get_vocab_size()
-    if vocab != config.model.vocab_size:
+    if vocab > config.model.vocab_size:  # fewer is fine: rows past the tokenizer's stay unused (ModernBERT's 50,368)
         source = config.data.tokenizer or "the tokenizer trained on the corpus"
-        raise InputError(f"{source} has {vocab} tokens but config.model.vocab_size is {config.model.vocab_size}")
+        raise InputError(f"{source} has {vocab} tokens, more than config.model.vocab_size ({config.model.vocab_size})")
     task = pretraining_task(config, model_family)
     model = model_family.architecture(task.head)(config_lib.model_config(config))
     pad = data.special_token_ids(tokenizer)["pad"]
