@@ -86,7 +86,7 @@ def test_roberta_format_trains_masked_lm_only(tmp_path, corpus):
     [
         ({"seq_len": 100}, "config.seq_len (100) is above what config.model.max_position_embeddings (64) allows (64)"),
         ({"global_batch_size": 6}, "config.global_batch_size (6) does not divide"),
-        ({"model.vocab_size": 555}, r"has 600 tokens, more than config.model.vocab_size \(555\)"),
+        ({"model.vocab_size": 555}, "has 600 tokens, more than config.model.vocab_size (555)"),
         ({"optimizer": "sgd"}, "config.optimizer"),
         ({"data.path": "/nonexistent/corpus.txt"}, "/nonexistent/corpus.txt"),
     ],
