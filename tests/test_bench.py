@@ -196,3 +196,32 @@ def test_cli_bad_input_exits_2_with_one_line(args, needle):
 def test_cli_needs_a_config():
     result = _bench("--steps", "1")
     assert result.returncode == 2 and "--config" in result.stderr
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_modernbert_flops_equal_the_matmuls_jax_differentiates(scan_layers):
+    """ModernBERT's count (fused Wqkv, GeGLU, prediction head and decoder at the masked
+    rows) against the gradient's dot_generals. flaxft computes a sliding window as masked
+    full attention, so the jaxpr matches the count of the same layers all global; the
+    count itself charges a window only its keys."""
+    from flaxft.models.modernbert import ModernBertConfig, ModernBertForMaskedLM
+
+    batch, length, predictions = 3, 12, 2
+    config = ModernBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                              intermediate_size=24, max_position_embeddings=16, local_attention=4,
+                              scan_layers=scan_layers, pad_token_id=0)
+    assert config.layer_types == ("full_attention", "sliding_attention", "sliding_attention")
+    model = ModernBertForMaskedLM(config)
+    params = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0), length)))
+    ids = jnp.ones((batch, length), jnp.int32)
+    positions = jnp.tile(jnp.arange(1, predictions + 1), (batch, 1))
+
+    def loss(params):
+        return model.apply({"params": params}, ids, masked_positions=positions).mlm_logits.sum()
+
+    counted = _dot_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+    dense = config.replace(layer_types=("full_attention",) * 3)
+    flops = FAMILIES["modernbert"].train_flops
+    last_rows = length if scan_layers else None
+    assert counted == flops(dense, batch, length, predictions, False, last_rows)
+    assert flops(config, batch, length, predictions, False, last_rows) < counted
