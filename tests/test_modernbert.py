@@ -76,15 +76,16 @@ def test_padded_unpadded_and_packed_rows_give_each_sequence_the_same_outputs(sca
 def test_packed_sequence_classification_pools_each_segment(pooling):
     model = ModernBertForSequenceClassification(CONFIG.replace(classifier_pooling=pooling))
     params = _params(model)
+    apply = jax.jit(model.apply)
     seqs = _sequences((6, 9), seed=1)
-    alone = np.concatenate([model.apply({"params": params}, s[None]).logits for s in seqs])
+    alone = np.concatenate([apply({"params": params}, s[None]).logits for s in seqs])
     packed = np.r_[seqs[0], seqs[1], [0, 0, 0]][None]
     segments = np.r_[np.ones(6), 2 * np.ones(9), [0, 0, 0]].astype(np.int64)[None]
-    out = model.apply({"params": params}, packed, segment_ids=segments, cls_positions=np.array([[0, 6]]))
+    out = apply({"params": params}, packed, segment_ids=segments, cls_positions=np.array([[0, 6]]))
     np.testing.assert_allclose(out.logits[0], alone, rtol=0, atol=2e-5)
     padded = np.zeros((2, 12), np.int64)
     padded[0, :6], padded[1, :9] = seqs
-    out = model.apply({"params": params}, padded, attention_mask=(padded > 0).astype(np.int64))
+    out = apply({"params": params}, padded, attention_mask=(padded > 0).astype(np.int64))
     np.testing.assert_allclose(out.logits, alone, rtol=0, atol=2e-5)
 
 
@@ -108,11 +109,13 @@ def test_a_sliding_layer_sees_only_its_window():
     params = _params(model)
     ids = _sequences((12,))[0][None]
 
+    apply = jax.jit(model.apply)
+
     def changed_at(position):
         other = ids.copy()
         other[0, position] = (other[0, position] + 1) % config.vocab_size
-        a = model.apply({"params": params}, ids).last_hidden_state[0, 5]
-        b = model.apply({"params": params}, other).last_hidden_state[0, 5]
+        a = apply({"params": params}, ids).last_hidden_state[0, 5]
+        b = apply({"params": params}, other).last_hidden_state[0, 5]
         return float(jnp.abs(a - b).max())
 
     assert changed_at(8) == 0.0 and changed_at(2) == 0.0
@@ -125,8 +128,8 @@ def test_masked_positions_give_the_full_outputs_there(scan_layers):
     params = _params(model)
     ids = _sequences((14,), seed=2)[0][None]
     positions = np.array([[1, 6, 13]])
-    full = model.apply({"params": params}, ids)
-    some = model.apply({"params": params}, ids, masked_positions=positions)
+    full = jax.jit(model.apply)({"params": params}, ids)
+    some = jax.jit(model.apply)({"params": params}, ids, masked_positions=positions)
     np.testing.assert_allclose(some.mlm_logits[0], full.mlm_logits[0, positions[0]], rtol=0, atol=2e-5)
 
 
@@ -140,8 +143,8 @@ def test_scanned_and_unrolled_layouts_compute_the_same():
     assert jax.tree.leaves(stacked["model"]["layers"]["layers"])[0].shape[0] == 2
     assert jax.tree.all(jax.tree.map(np.array_equal, restack(stacked, unrolled, scan_layers=False), params))
     ids = _sequences((10,))[0][None]
-    np.testing.assert_allclose(scanned.apply({"params": stacked}, ids).mlm_logits,
-                               unrolled.apply({"params": params}, ids).mlm_logits, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(jax.jit(scanned.apply)({"params": stacked}, ids).mlm_logits,
+                               jax.jit(unrolled.apply)({"params": params}, ids).mlm_logits, rtol=0, atol=2e-5)
 
 
 def test_config_json_spellings(tmp_path):
@@ -168,6 +171,7 @@ def test_config_json_spellings(tmp_path):
         ModernBertConfig(**fields, classifier_pooling="max")
 
 
+@pytest.mark.slow
 def test_a_folder_of_the_old_config_spelling_loads(tmp_path):
     """A ModernBERT folder as the Hub holds them (written before rope_parameters) is read
     with its thetas and layer pattern."""
