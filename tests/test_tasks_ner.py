@@ -78,6 +78,28 @@ def test_word_alignment_matches_transformers(roberta_or_xlmr_dir, seq_len):
         assert all(tokenizer.id_to_token(features.arrays["input_ids"][0, p]).startswith("Ġ") for p in labelled)
 
 
+def test_word_alignment_matches_transformers_with_a_modernbert_tokenizer(tmp_path):
+    """A byte-level BPE with a template post-processor ([CLS] A [SEP], as ModernBERT's) is
+    what transformers loads as its generic fast tokenizer, which encodes pre-split words as
+    its pre-tokenizer does (no "Ġ" added, whatever add_prefix_space says): flaxft's rows
+    are transformers' rows."""
+    from tests.tokenizers_for_tests import modernbert_style_folder
+
+    folder = modernbert_style_folder(tmp_path / "modernbert")
+    tokenizer = load_tokenizer(str(folder))
+    features = ner.make_features(Split(ROWS, "x"), tokenizer, SEQ_LEN, tags=TAGS)
+    for add_prefix_space in (False, True):
+        hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), add_prefix_space=add_prefix_space)
+        for row, record in enumerate(ROWS):
+            encoding = hf_tokenizer(record["tokens"], is_split_into_words=True, truncation=True, max_length=SEQ_LEN)
+            n = len(encoding["input_ids"])
+            assert features.arrays["input_ids"][row, :n].tolist() == encoding["input_ids"], add_prefix_space
+            first = [w is not None and w != (encoding.word_ids()[p - 1] if p else None)
+                     for p, w in enumerate(encoding.word_ids())]
+            assert (features.arrays["labels"][row, :n] >= 0).tolist() == first
+    assert tokenizer.id_to_token(int(features.arrays["input_ids"][0, 1])) == "A"  # no space marker
+
+
 def test_build_from_jsonl_and_parquet(tmp_path, tokenizer):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -1,6 +1,7 @@
-"""Tokenizers of the kinds RoBERTa and XLM-R ship, built with the `tokenizers` library and
-saved as Hugging Face folders that `transformers.AutoTokenizer` loads as
-RobertaTokenizerFast and XLMRobertaTokenizerFast.
+"""Tokenizers of the kinds RoBERTa, XLM-R and ModernBERT ship, built with the `tokenizers`
+library and saved as Hugging Face folders that `transformers.AutoTokenizer` loads (as
+RobertaTokenizerFast, XLMRobertaTokenizerFast, and for ModernBERT's, as the generic fast
+tokenizer its tokenizer_config.json names).
 
 Both have <s>=0, <pad>=1, </s>=2, <unk>=3 and <mask> as the last id, as the published
 checkpoints do. Their pipelines are the ones transformers itself builds for these classes
@@ -90,6 +91,47 @@ def xlmr_style_folder(
         special_tokens=[("<s>", 0), ("</s>", 2)],
     )
     return _save(tokenizer, folder, "XLMRobertaTokenizer", add_prefix_space=True)
+
+
+# ModernBERT's special tokens: after the BPE vocabulary, in this order ([MASK] last, stripping
+# the space before it), with GPT-NeoX's <|endoftext|> and <|padding|> as the first two ids.
+MODERNBERT_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+NEOX_SPECIALS = ("<|endoftext|>", "<|padding|>")
+
+
+def modernbert_style_folder(folder: Path, documents: list[str] | None = None, vocab_size: int = 600) -> Path:
+    """A tokenizer laid out like answerdotai/ModernBERT-base's (its OLMo / GPT-NeoX byte-level
+    BPE: no prefix space; <|endoftext|>=0, <|padding|>=1; [UNK] [CLS] [SEP] [PAD] [MASK]
+    after the BPE vocabulary; rows [CLS] A [SEP] and [CLS] A [SEP] B [SEP], B of type 1;
+    tokenizer_config.json naming the roles and PreTrainedTokenizerFast), trained on
+    `documents` (default `training_text()`) to `vocab_size` ids in all, saved in `folder`."""
+    learner = _with_byte_level(Tokenizer(models.BPE()))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(MODERNBERT_SPECIALS), special_tokens=list(NEOX_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    learner.train_from_iterator(documents or training_text(), trainer)
+    model = json.loads(learner.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for token in MODERNBERT_SPECIALS:
+        vocab[token] = len(vocab)
+    tokenizer = _with_byte_level(Tokenizer(models.BPE(vocab, [tuple(pair) for pair in model["merges"]])))
+    tokenizer.add_special_tokens([*NEOX_SPECIALS, *MODERNBERT_SPECIALS[:-1],
+                                  AddedToken("[MASK]", lstrip=True, special=True)])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    names = {f"{role}_token": f"[{role.upper()}]" for role in ("cls", "sep", "pad", "mask", "unk")}
+    (folder / "special_tokens_map.json").write_text(json.dumps(names))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True,
+        "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 8192, **names,
+    }))
+    return folder
 
 
 def folder_of_kind(kind: str, folder: Path) -> Path:

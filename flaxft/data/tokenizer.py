@@ -323,13 +323,18 @@ def words_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
 
     Byte-level pre-tokenizers and post-processors get `add_prefix_space`, as RoBERTa's
     tokenizer must be built for such input, so every word starts with the space marker
-    "Ġ". A Metaspace pre-tokenizer marks words by its own prepend scheme, and WordPiece
-    needs no marker: those stay as they are.
+    "Ġ". A byte-level BPE whose post-processor is a template (ModernBERT's [CLS] A [SEP])
+    is what transformers loads as its generic fast tokenizer, which encodes pre-split
+    words as its pre-tokenizer does (`add_prefix_space` changes nothing there): it stays
+    as it is. A Metaspace pre-tokenizer marks words by its own prepend scheme, and
+    WordPiece needs no marker: those stay as they are too.
     """
     spec = json.loads(tokenizer.to_str())
-    for part in spec_parts(spec.get("pre_tokenizer")) + spec_parts(spec.get("post_processor")):
-        if part["type"] in ("ByteLevel", "RobertaProcessing"):
-            part["add_prefix_space"] = True
+    post = spec_parts(spec.get("post_processor"))
+    if not any(part["type"] == "TemplateProcessing" for part in post):
+        for part in spec_parts(spec.get("pre_tokenizer")) + post:
+            if part["type"] in ("ByteLevel", "RobertaProcessing"):
+                part["add_prefix_space"] = True
     return untruncated_copy(tokenizer, spec)
 
 

@@ -3,7 +3,7 @@
 Each record has `tokens_field` (a list of words, or a string split on whitespace) and
 `tags_field` (one tag per word: BIO/IOBES strings such as "B-PER", or integers naming a
 Hugging Face `ClassLabel`'s classes). Words are tokenized into sub-words as transformers
-tokenizes pre-split words (`is_split_into_words=True`; byte-level BPE with
+tokenizes pre-split words (`is_split_into_words=True`; RoBERTa's byte-level BPE with
 `add_prefix_space=True`, see `flaxft.data.tokenizer.words_tokenizer`); only the first
 sub-word of each word carries its tag (label -100 elsewhere, as Hugging Face's run_ner
 does by default), and the loss ignores the rest and the padding. Words cut off by
