@@ -4,8 +4,9 @@
     python -m flaxft.convert export-hf CKPT_OR_WORKDIR HF_DIR
     python -m flaxft.convert verify HF_DIR [--tolerance 1e-4]
 
-`verify` runs transformers' PyTorch model and flaxft on the same batch and prints the
-largest absolute difference of every output; it exits 1 when one exceeds the tolerance.
+`verify` runs transformers' PyTorch model (eager attention) and flaxft on the same padded
+batch and prints the largest absolute difference of every output; it exits 1 when one
+exceeds the tolerance.
 Bad input (missing folder or config.json, an unsupported model_type, a missing or
 misshapen weight, an existing output folder) exits 2 with a one-line message.
 """
@@ -64,7 +65,9 @@ def compare_with_transformers(hf_dir: str, batch: dict) -> dict[str, float]:
     transformers.utils.logging.disable_progress_bar()
     model, params = hf.from_pretrained(hf_dir)
     architecture = type(model).__name__
-    torch_model = getattr(transformers, architecture).from_pretrained(hf_dir).eval()
+    # The reference (eager) attention: transformers' sdpa path gives padding positions other
+    # outputs (ModernBERT's), which are no difference between the models.
+    torch_model = getattr(transformers, architecture).from_pretrained(hf_dir, attn_implementation="eager").eval()
     with torch.no_grad():
         ref = torch_model(**{k: torch.tensor(v) for k, v in batch.items()})
     ours = model.apply({"params": params}, **batch)
