@@ -92,8 +92,9 @@ def fitted_model_config(config: ml_collections.ConfigDict, base: ModelConfig, nu
     """`base` (`base_model`'s) with the task's head size and config.model's training
     options and dropout rates (those of the family's DROPOUT_FIELDS that config.model has:
     a checkpoint of another family than config.model.family keeps its own rates for the
-    others)."""
-    changes = {k: config.model[k] for k in (*base.TRAINING_OPTIONS, *base.DROPOUT_FIELDS) if k in config.model}
+    others, and for those config.model leaves unset: None, as BERT's classifier_dropout)."""
+    changes = {k: config.model[k] for k in (*base.TRAINING_OPTIONS, *base.DROPOUT_FIELDS)
+               if k in config.model and config.model[k] is not None}
     return base.replace(num_labels=max(num_labels, 1), id2label=tuple(id2label), **changes)
 
 

@@ -352,3 +352,22 @@ def test_bad_fine_tuning_data_exits_2_naming_file_and_label(tmp_path, task_files
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], result.stderr
         assert str(validation_path) in lines[0] or str(train_path) in lines[0]
         assert not work.exists()
+
+
+def test_fine_tuning_keeps_the_dropout_rates_config_model_leaves_unset():
+    """config.model (the default config's: BERT's fields) sets the dropout rates it names,
+    except classifier_dropout left at None ("unset" for BERT), which keeps the checkpoint's:
+    ModernBERT's is a rate, never None."""
+    from flaxft.models.bert import BertConfig
+    from flaxft.models.modernbert import ModernBertConfig
+
+    config = config_lib.default_config()
+    modernbert = ModernBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=8, classifier_dropout=0.2, mlp_dropout=0.1)
+    fitted = finetune.fitted_model_config(config, modernbert, 3, ("a", "b", "c"))
+    assert (fitted.classifier_dropout, fitted.mlp_dropout, fitted.num_labels) == (0.2, 0.1, 3)
+    bert = BertConfig(classifier_dropout=0.3, hidden_dropout_prob=0.0)
+    fitted = finetune.fitted_model_config(config, bert, 2, ())
+    assert (fitted.classifier_dropout, fitted.hidden_dropout_prob) == (0.3, 0.1)  # config.model's 0.1
+    config.model.classifier_dropout = 0.05
+    assert finetune.fitted_model_config(config, modernbert, 2, ()).classifier_dropout == 0.05
