@@ -64,6 +64,24 @@ def tiny_electra_config(corpus: Path, **overrides):
     return set_dotted(config, overrides)
 
 
+def tiny_modernbert_config(corpus: Path, **overrides):
+    """`tiny_config`'s run for ModernBERT pretraining: 3 layers 32 wide (global attention,
+    then two sliding-window layers that see 4 tokens on either side), on full sentences
+    packed (no NSP) with 30% masking and ModernBERT's optimizer (StableAdamW, decoupled
+    weight decay, no clipping), with the byte-level BPE the run trains on the corpus
+    (<s>=0, <pad>=1, </s>=2). Rotary positions only: fine-tuning may use rows of up to
+    max_position_embeddings (128) tokens."""
+    config = tiny_config(corpus)
+    config.update(optimizer="stable_adamw", decoupled_weight_decay=True, weight_decay=1e-5, adam_b2=0.98,
+                  grad_clip_norm=0.0)
+    config.data.update(format="roberta", mask_rate=0.3, max_predictions_per_seq=10)
+    config.model = config_lib.model_defaults("modernbert")
+    config.model.update(vocab_size=600, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=48, max_position_embeddings=128, local_attention=8, pad_token_id=1,
+                        bos_token_id=0, cls_token_id=0, eos_token_id=2, sep_token_id=2)
+    return set_dotted(config, overrides)
+
+
 def tiny_flags(corpus: Path, **overrides) -> list[str]:
     """`tiny_config` as flaxft.main flags over configs/pretrain_tiny.py."""
     return config_flags(tiny_config(corpus, **overrides), "configs/pretrain_tiny.py")
