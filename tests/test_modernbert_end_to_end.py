@@ -8,6 +8,7 @@ exported tokenizer) gives flaxft's logits within 1e-5; `convert import-hf` / `ex
 round-trip a transformers ModernBERT bit for bit. No ModernBERT-specific flag anywhere
 in fine-tuning."""
 
+import csv
 import json
 import os
 import random
@@ -38,6 +39,7 @@ from tests.test_finetune import (
     small_classification,
     squad_spans,
     subset,
+    write_jsonl,
 )
 from tests.test_sharding import LAYOUTS
 from tests.tiny import (
@@ -154,22 +156,30 @@ def encode(tokenizer, texts: list, **options) -> dict[str, np.ndarray]:
     return {k: batch[k] for k in ("input_ids", "attention_mask")}
 
 
-def finetune_run(workdir: Path, init_from: Path, task: str, files: dict, steps: int, **overrides) -> dict:
+def finetune_config(init_from: Path, task: str, files: dict, steps: int, **overrides):
     """A fine-tuning run from `init_from` with no model flags: the default config's (BERT's)
-    model group, the task's files and a few steps; the last metrics."""
+    model group, the task's files and a few steps."""
     config = config_lib.default_config()
     config.task.update(name=task, **{k: str(v) for k, v in files.items()})
     config.update(num_train_steps=steps, global_batch_size=16, seq_len=SEQ_LEN, learning_rate=1e-3, warmup_steps=2,
                   log_every_steps=steps, eval_every_steps=steps, checkpoint_every_steps=steps,
                   init_from=str(init_from))
-    return train.run(set_dotted(config, overrides), str(workdir))
+    return set_dotted(config, overrides)
+
+
+def finetune_run(workdir: Path, init_from: Path, task: str, files: dict, steps: int, **overrides) -> dict:
+    """`finetune_config`'s run in `workdir`; the last metrics."""
+    return train.run(finetune_config(init_from, task, files, steps, **overrides), str(workdir))
 
 
 def packed_and_unpacked(tmp_path: Path, init_from: Path, task: str, files: dict, steps: int,
                         **overrides) -> tuple[Path, dict]:
     """The run with packed evaluation rows (the default) and with none: the same metrics and
     predictions. Returns the packed run's workdir and evaluation metrics."""
-    packed = finetune_run(tmp_path / "packed", init_from, task, files, steps, **overrides)
+    config = finetune_config(init_from, task, files, steps, **overrides)
+    packed = train.run(config, str(tmp_path / "packed"))
+    segments = finetune.setup(config, tmp_path / "packed").evaluation.features.arrays["segment_ids"]
+    assert segments.max() > 1  # rows really hold several examples
     unpacked = finetune_run(tmp_path / "unpacked", init_from, task, files, steps, **overrides,
                             **{"task.pack": "none"})
     evaluation = {k: v for k, v in packed.items() if k.startswith("eval_")}
@@ -180,6 +190,22 @@ def packed_and_unpacked(tmp_path: Path, init_from: Path, task: str, files: dict,
     np.testing.assert_allclose([p.get("probability", 0) for p in ours], [p.get("probability", 0) for p in theirs],
                                rtol=0, atol=1e-6)
     return tmp_path / "packed", evaluation
+
+
+def shortened(files: dict, fields: tuple[str, ...], words: int) -> dict:
+    """The task's files (CSV or JSONL) as JSONL beside them, each record's `fields` cut to
+    their first `words` words, so that several examples fit in a row."""
+    short = {}
+    for split, path in files.items():
+        path = Path(path)
+        if path.suffix == ".csv":
+            with open(path, newline="") as f:
+                records = list(csv.DictReader(f))
+        else:
+            records = read_jsonl(path)
+        records = [{**r, **{k: " ".join(r[k].split()[:words]) for k in fields}} for r in records]
+        short[split] = write_jsonl(path.with_name(f"{path.stem}_short.jsonl"), records)
+    return short
 
 
 # ----------------------------------------------------------------------------- the tokenizer
@@ -335,7 +361,7 @@ def test_classification_fine_tuned_from_pretraining_predicts_like_transformers(p
     """Sentence pairs (<s> A </s></s> B </s>), pooled at the first token: packed evaluation
     rows give the unpacked run's metrics and predictions; the export gives transformers
     flaxft's logits, labels and probabilities."""
-    files = pair_and_regression_files(task_files, tmp_path)["pairs"]
+    files = shortened(pair_and_regression_files(task_files, tmp_path)["pairs"], ("sentence1", "sentence2"), 6)
     work, _ = packed_and_unpacked(tmp_path, pretrained, "classification", files, 30, learning_rate=3e-3,
                                **{"task.text_fields": "sentence1,sentence2"})
     out = export_and_verify(work, tmp_path / "hf", "ModernBertForSequenceClassification")
@@ -391,17 +417,13 @@ def test_mean_pooling_classification_from_a_hugging_face_folder(hf_dir, task_fil
     tokenizer as init_from: the classifier pools the mean of each example's tokens, packed
     or not; the export (with that tokenizer) gives transformers flaxft's outputs."""
     train_file, validation_file = small_classification(task_files, tmp_path, rows=96)
-    files = {"train_file": train_file, "validation_file": validation_file}
+    files = shortened({"train_file": train_file, "validation_file": validation_file}, ("text",), 12)
     work, _ = packed_and_unpacked(tmp_path, hf_dir, "classification", files, 8)
     out = export_and_verify(work, tmp_path / "hf", "ModernBertForSequenceClassification")
     assert json.loads((out / "config.json").read_text())["classifier_pooling"] == "mean"
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     assert tokenizer.cls_token == "[CLS]" and tokenizer.pad_token_id == folder_ids(hf_dir)["pad"]
-    import csv
-
-    with open(validation_file) as f:
-        texts = [r["text"] for r in csv.DictReader(f)]
-    batch = encode(tokenizer, [texts])
+    batch = encode(tokenizer, [[r["text"] for r in read_jsonl(files["validation_file"])]])
     theirs, ours = both_outputs(out, work, "ModernBertForSequenceClassification", batch)
     logits = theirs.logits.numpy()
     np.testing.assert_allclose(ours.logits, logits, rtol=0, atol=ATOL)
