@@ -87,7 +87,7 @@ BAD_INPUTS = {
     "no_config": (lambda f: (f / "config.json").unlink(), ["config.json", "missing"]),
     "gpt2": (
         lambda f: (f / "config.json").write_text(json.dumps({**json.loads((f / "config.json").read_text()), "model_type": "gpt2"})),
-        ["model_type 'gpt2'", "is not supported (flaxft reads ['bert', 'electra', 'roberta', 'xlm-roberta'])"],
+        ["model_type 'gpt2'", "is not supported (flaxft reads ['bert', 'electra', 'modernbert', 'roberta', 'xlm-roberta'])"],
     ),
     "wrong_shape": (
         lambda f: _rewrite_weights(
