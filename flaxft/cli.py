@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Collection
 
 import ml_collections
 from absl import flags
@@ -61,10 +62,7 @@ def parse_flags(doc: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(config_file.split(":")[0]):
         fail(f"{config_file}: no such config file")
     config = config_flag.value
-    overridden = config_flags.get_override_values(config_flag)
-    for (key, unset), (other, other_unset) in (EXCLUSIVE_KEYS, EXCLUSIVE_KEYS[::-1]):
-        if key in overridden and other not in overridden:
-            _set(config, other, other_unset)
+    give_way_to_overrides(config, config_flags.get_override_values(config_flag))
     if flags.FLAGS.print_config:
         from flaxft import config as config_lib
 
@@ -75,6 +73,14 @@ def parse_flags(doc: str) -> ml_collections.ConfigDict:
         print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
         sys.exit(0)
     return config
+
+
+def give_way_to_overrides(config: ml_collections.ConfigDict, overridden: Collection[str]) -> None:
+    """Of each pair of EXCLUSIVE_KEYS, resets the one the config file set to its "not set"
+    value when `overridden` (the dotted keys the command line set) holds the other only."""
+    for (key, unset), (other, other_unset) in (EXCLUSIVE_KEYS, EXCLUSIVE_KEYS[::-1]):
+        if key in overridden and other not in overridden:
+            _set(config, other, other_unset)
 
 
 def usage(doc: str) -> str:
