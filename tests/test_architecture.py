@@ -95,6 +95,9 @@ FORBIDDEN = {
     "flaxft.contracts": ("flaxft.tasks", "flaxft.data", "flaxft.models"),
     "flaxft.tasks": ("flaxft.loop", "flaxft.train", "flaxft.pretrain", "flaxft.finetune", "flaxft.sharding",
                      "flaxft.checkpoint"),
+    # The sweep runs each run as `python -m flaxft.main` (flaxft/sweep.py says why): it builds nothing itself.
+    "flaxft.sweep": ("flaxft.loop", "flaxft.train", "flaxft.pretrain", "flaxft.finetune", "flaxft.tasks",
+                     "flaxft.models", "flaxft.checkpoint", "flaxft.sharding"),
     "flaxft.hf": ("flaxft.loop",),
     "flaxft.convert": ("flaxft.loop",),
 }
