@@ -410,8 +410,9 @@ class _Stop:
 
     def start(self, command: list[str], log) -> subprocess.Popen:
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])  # the run imports this same flaxft
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        checkout = Path(__file__).resolve().parents[1]
+        if (checkout / "pyproject.toml").is_file():  # run from a source tree: the run imports the same flaxft
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(checkout), env.get("PYTHONPATH")) if p)
         self.child = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid()), *command[1:]],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                       process_group=0)  # Ctrl-C reaches the run once, through _on_signal
