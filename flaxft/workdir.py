@@ -35,13 +35,18 @@ HEARTBEAT_S = 30.0
 STALE_S = 300.0
 
 
-def _start_time(pid: int) -> int | None:
-    """Clock ticks after boot at which process `pid` started (Linux), else None."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (Linux), else None."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _start_time(pid: int) -> int | None:
+    """Clock ticks after boot at which process `pid` started (Linux), else None."""
+    stat = _proc_stat(pid)
+    return None if stat is None else int(stat[19])
 
 
 def _holder_alive(holder: dict, age_s: float) -> bool:
@@ -57,8 +62,12 @@ def _holder_alive(holder: dict, age_s: float) -> bool:
         return False
     except PermissionError:  # a process of another user holds that pid
         pass
-    started = _start_time(pid)
-    return started is None or holder.get("started") in (None, started)
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    if stat[0] in ("Z", "X"):  # killed and not yet reaped by its parent: gone
+        return False
+    return holder.get("started") in (None, int(stat[19]))
 
 
 def _describe(holder: dict) -> str:

@@ -78,6 +78,24 @@ def test_stale_lock_of_a_process_that_is_gone_is_taken_over(tmp_path):
     assert not (tmp_path / workdir_lib.LOCK).exists()
 
 
+def test_a_lock_of_a_killed_process_not_yet_reaped_is_taken_over(tmp_path):
+    """A run killed by SIGKILL stays a zombie until its parent (a sweep, a shell) reaps
+    it; its lock is free at once."""
+    from flaxft import workdir as workdir_lib
+
+    zombie = subprocess.Popen(["sleep", "60"])
+    started = workdir_lib._start_time(zombie.pid)
+    zombie.kill()
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+    (tmp_path / workdir_lib.LOCK).write_text(
+        f'{{"host": "{os.uname().nodename}", "pid": {zombie.pid}, "started": {started}, "since": "earlier"}}\n')
+    try:
+        workdir_lib.Claim(tmp_path).release()
+    finally:
+        zombie.wait()
+
+
 def test_a_lock_from_another_host_is_stale_only_when_its_heartbeat_stopped(tmp_path):
     from flaxft import workdir as workdir_lib
 
