@@ -1,7 +1,7 @@
 """Throughput, MFU, compile time and memory of the real pretraining step, and of the data loader.
 
     python -m flaxft.bench --config configs/pretrain_bert_base.py --steps 10 [--warmup 2] \
-        [--config.global_batch_size=8 ...] [--what train|data|all]
+        [--config.global_batch_size=8 ...] [--what train|data|all] [--pad_fraction 0.25]
 
 The run is built by the same setup the CLI uses (`flaxft.pretrain.setup`, in a temporary
 workdir). `--what train` (default) runs `flaxft.loop.train_step`, jitted as the loop jits
@@ -11,6 +11,12 @@ synthetic full-length batch of the config's shape: global_batch_size rows of seq
 real tokens, max_predictions_per_seq masked positions per row, NSP labels for
 `data.format == "bert"`. Every timed step is waited for (`jax.block_until_ready` on the
 new state and metrics), so a step's time is its real device time plus one dispatch.
+
+`--pad_fraction F` makes the tail int(seq_len * F) positions of every row padding (the
+rule of the PyTorch peers' `pad_fraction`): pad ids, attention_mask 0, segment id 0, no
+masked positions there (round(max_predictions_per_seq * real / seq_len) of the slots are
+used, the rest have weight 0, as the loader leaves unused slots). The same compiled step
+is timed; tokens/s and MFU still count every position of the batch, padding included.
 
 `--what data` times the run's pretraining loader (the config's corpus, format, masking
 and shape; batches made on this thread); `--what all` does both and reports how many
@@ -128,38 +134,58 @@ def uses_published_peak() -> bool:
 # ----------------------------------------------------------------------------- train step
 
 
-def synthetic_batch(config, rows: int, seed: int = 0) -> dict:
-    """A pretraining batch with the loader's fields and the config's shape, every token
-    real: rows x seq_len ids, max_predictions_per_seq distinct masked positions per row
-    (never [CLS]), all weights 1, and for the "bert" format two sentences (token types
-    0 then 1) and random NSP labels. numpy arrays, as the loader gives them."""
+def real_length(seq_len: int, pad_fraction: float) -> int:
+    """Real tokens per row when the tail int(seq_len * pad_fraction) positions are padding."""
+    return seq_len - int(seq_len * pad_fraction)
+
+
+def synthetic_batch(config, rows: int, seed: int = 0, pad_fraction: float = 0.0) -> dict:
+    """A pretraining batch with the loader's fields and the config's shape: rows x seq_len
+    ids, of which the first `real_length(seq_len, pad_fraction)` per row are real tokens
+    and the rest padding (pad id, attention_mask 0, segment id 0, token type 0);
+    max_predictions_per_seq slots per row, of which round(M * real / seq_len) hold
+    distinct masked positions among the real tokens (never [CLS]) with weight 1 and the
+    rest position 0, label 0, weight 0 (as the loader leaves unused slots); for the
+    "bert" format two sentences (token types 0 then 1) and random NSP labels. numpy
+    arrays, as the loader gives them. pad_fraction 0: every token real, every slot used."""
     import numpy as np
 
     length, m = config.seq_len, config.data.max_predictions_per_seq
     vocab = config.model.vocab_size
+    real = real_length(length, pad_fraction)
+    used = min(m, real - 1, round(m * real / length))
     rng = np.random.default_rng(seed)
     token_type_ids = np.zeros((rows, length), np.int32)
     if config.data.format == "bert":
-        token_type_ids[:, length // 2 :] = 1
-    positions = np.sort(
-        np.stack([rng.choice(np.arange(1, length), m, replace=False) for _ in range(rows)]), axis=1
+        token_type_ids[:, real // 2 : real] = 1
+    positions = np.zeros((rows, m), np.int32)
+    positions[:, :used] = np.sort(
+        np.stack([rng.choice(np.arange(1, real), used, replace=False) for _ in range(rows)]), axis=1
     )
+    weights = np.zeros((rows, m), np.float32)
+    weights[:, :used] = 1.0
+    labels = np.where(weights > 0, rng.integers(0, vocab, (rows, m)), 0).astype(np.int32)
+    input_ids = rng.integers(min(5, vocab - 1), vocab, (rows, length)).astype(np.int32)
+    input_ids[:, real:] = config.model.get("pad_token_id", 0)
+    attention_mask = np.ones((rows, length), np.int32)
+    attention_mask[:, real:] = 0
     return {
-        "input_ids": rng.integers(min(5, vocab - 1), vocab, (rows, length)).astype(np.int32),
-        "attention_mask": np.ones((rows, length), np.int32),
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
         "token_type_ids": token_type_ids,
-        "segment_ids": np.ones((rows, length), np.int32),
-        "masked_positions": positions.astype(np.int32),
-        "masked_labels": rng.integers(0, vocab, (rows, m)).astype(np.int32),
-        "masked_weights": np.ones((rows, m), np.float32),
+        "segment_ids": attention_mask.copy(),
+        "masked_positions": positions,
+        "masked_labels": labels,
+        "masked_weights": weights,
         "next_sentence_label": (
             rng.integers(0, 2, rows) if config.data.format == "bert" else np.zeros(rows)
         ).astype(np.int32),
     }
 
 
-def prepared_run(config, workdir: Path):
-    """The pretraining run `config` describes, built by the CLI's own setup in `workdir`."""
+def prepared_run(config, workdir: Path, pad_fraction: float = 0.0):
+    """The pretraining run `config` describes, built by the CLI's own setup in `workdir`
+    (after checking that a batch with `pad_fraction` padding can be made of its shape)."""
     from flaxft import config as config_lib
     from flaxft import pretrain
 
@@ -168,11 +194,15 @@ def prepared_run(config, workdir: Path):
         raise InputError(f"config.task.name is {config.task.name!r}: flaxft.bench measures pretraining configs")
     if config.data.max_predictions_per_seq >= config.seq_len:
         raise InputError("config.data.max_predictions_per_seq must be below config.seq_len ([CLS] is never masked)")
+    if not 0.0 <= pad_fraction < 1.0 or real_length(config.seq_len, pad_fraction) < 2:
+        raise InputError(f"--pad_fraction {pad_fraction} must be in [0, 1) and leave at least 2 real tokens in "
+                         f"each row of config.seq_len {config.seq_len}")
     return pretrain.setup(config, workdir)
 
 
-def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048) -> dict:
-    """Times the run's train step on a synthetic batch; returns the JSON fields."""
+def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048, pad_fraction: float = 0.0) -> dict:
+    """Times the run's train step on a synthetic batch (`synthetic_batch`, the tail
+    `pad_fraction` of every row padding); returns the JSON fields."""
     import jax
     import numpy as np
 
@@ -189,7 +219,8 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048) -> dict:
 
         batch_sharding = sharding.batch_sharding(mesh)
         local_rows = config.global_batch_size // jax.process_count()
-        host_batch = synthetic_batch(config, local_rows, seed=config.seed + jax.process_index())
+        host_batch = synthetic_batch(config, local_rows, seed=config.seed + jax.process_index(),
+                                     pad_fraction=pad_fraction)
         batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in host_batch.items()}
         step_fn = loop.jit_train_step(config, model, run.tx, run.task, state_shardings, batch_sharding)
         started = time.perf_counter()
@@ -256,6 +287,8 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048) -> dict:
         "global_batch_size": config.global_batch_size,
         "seq_len": config.seq_len,
         "max_predictions_per_seq": config.data.max_predictions_per_seq,
+        "pad_fraction": pad_fraction,
+        "real_tokens_per_row": real_length(config.seq_len, pad_fraction),
         "mesh": dict(mesh.shape),
         "dtype": model.config.dtype,
         "jax": jax.__version__,
@@ -318,8 +351,9 @@ def summary(result: dict) -> str:
     """One human-readable line."""
     parts = []
     if "tokens_per_sec" in result:
+        real = f" ({result['real_tokens_per_row']} real)" if result["pad_fraction"] else ""
         parts.append(
-            f"{result['architecture']} b={result['global_batch_size']} L={result['seq_len']} "
+            f"{result['architecture']} b={result['global_batch_size']} L={result['seq_len']}{real} "
             f"on {result['device_count']}x {result['device_kind']}: step {result['step_time_s'] * 1e3:.1f} ms, "
             f"{result['tokens_per_sec']:,.0f} tokens/s, {result['model_tflops_per_sec'] * 1e3:.1f} model GFLOP/s, "
             f"MFU {result['mfu']:.3f} of {result['peak_flops_per_device'] / 1e9:,.1f} GFLOP/s/device "
@@ -337,19 +371,20 @@ def summary(result: dict) -> str:
     return "; ".join(parts)
 
 
-def measure(config, what: str, steps: int, warmup: int, data_batches: int, matmul_size: int) -> dict:
+def measure(config, what: str, steps: int, warmup: int, data_batches: int, matmul_size: int,
+            pad_fraction: float = 0.0) -> dict:
     """Builds the run (in a temporary workdir) and runs the benchmark(s) `what` asks for;
     returns the merged result."""
     result: dict = {"what": what}
     with tempfile.TemporaryDirectory(prefix="flaxft-bench-") as workdir:
         started = time.perf_counter()
-        run = prepared_run(config, Path(workdir))
+        run = prepared_run(config, Path(workdir), pad_fraction)
         result["setup_s"] = time.perf_counter() - started
         try:
             if what in ("data", "all"):
                 result.update(bench_data(run, data_batches))
             if what in ("train", "all"):
-                result.update(bench_train(run, steps, warmup, matmul_size))
+                result.update(bench_train(run, steps, warmup, matmul_size, pad_fraction))
         finally:
             run.train_loader.close()
     if what == "all":
@@ -369,6 +404,9 @@ def main() -> None:
     warmup = flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
     data_batches = flags.DEFINE_integer("data_batches", 300, "Timed loader batches.")
     matmul_size = flags.DEFINE_integer("peak_matmul_size", 2048, "Side of the matmul that measures a CPU's peak.")
+    pad_fraction = flags.DEFINE_float(
+        "pad_fraction", 0.0, "Share of every row of the timed batch that is padding (its tail: attention_mask 0, "
+        "segment id 0, no masked positions); tokens/s still counts every position.")
     config = cli.parse_flags(__doc__)
     for name, flag, least in (("steps", steps, 1), ("warmup", warmup, 0), ("data_batches", data_batches, 1),
                               ("peak_matmul_size", matmul_size, 1)):
@@ -377,7 +415,7 @@ def main() -> None:
     logging.set_verbosity(logging.WARNING)
     try:
         result = measure(config, what.value, steps.value, warmup.value, data_batches.value,
-                         matmul_size.value)
+                         matmul_size.value, pad_fraction.value)
     except InputError as e:
         fail(str(e))
     print(summary(result))

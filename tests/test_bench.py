@@ -136,6 +136,28 @@ def test_published_peaks(kind, peak):
     assert bench.published_peak_flops(kind) == peak
 
 
+@pytest.mark.parametrize("pad_fraction, real, used", [(0.0, 32, 5), (0.25, 24, 4), (0.9, 4, 1)])
+def test_synthetic_batch_pads_the_tail_of_every_row(pad_fraction, real, used):
+    """The peers' rule (the tail int(L * F) positions are padding); masked slots only on
+    real tokens, in proportion, the unused ones as the loader leaves them."""
+    import ml_collections
+    import numpy as np
+
+    config = ml_collections.ConfigDict({
+        "seq_len": 32, "data": {"max_predictions_per_seq": 5, "format": "bert"},
+        "model": {"vocab_size": 100, "pad_token_id": 1},
+    })
+    batch = bench.synthetic_batch(config, 3, pad_fraction=pad_fraction)
+    assert bench.real_length(32, pad_fraction) == real
+    np.testing.assert_array_equal(batch["attention_mask"].sum(1), [real] * 3)
+    np.testing.assert_array_equal(batch["segment_ids"], batch["attention_mask"])
+    assert (batch["input_ids"][:, real:] == 1).all() and (batch["token_type_ids"][:, real:] == 0).all()
+    assert (batch["masked_weights"].sum(1) == used).all()
+    chosen = batch["masked_positions"][:, :used]
+    assert (chosen >= 1).all() and (chosen < real).all() and (np.diff(chosen, axis=1) > 0).all()
+    assert (batch["masked_positions"][:, used:] == 0).all() and (batch["masked_labels"][:, used:] == 0).all()
+
+
 def _bench(*args, cwd=REPO):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "flaxft.bench", *map(str, args)], capture_output=True,
