@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flaxft.models import ARCHITECTURES, LOGICAL_AXES, BertConfig, BertForPreTraining, family_of, init_params
-from flaxft.models.attention import attention_with_dropout
+from flaxft.models.attention import attention_with_dropout, softmax_attention
 from flaxft.models.dropout import dropout, random_bits16
 from flaxft.models.layers import segment_positions
 from flaxft.models.params import restack
@@ -130,6 +130,21 @@ def test_attention_dropout_path():
     assert float(jnp.abs(dropped - fused).max()) > 1e-2
     np.testing.assert_array_equal(dropped, explicit(0.5, jax.random.key(0)))
     assert float(jnp.abs(dropped - explicit(0.5, jax.random.key(1))).max()) > 1e-2
+
+
+def test_softmax_attention_equals_jax_dot_product_attention_and_its_gradients():
+    """The hand-written backward pass gives autodiff's gradients, a query row that may see
+    no key included (uniform probabilities, no gradient to its masked keys)."""
+    rng = np.random.default_rng(3)
+    q, k, v, g = (jnp.asarray(rng.normal(size=(2, 6, 4, 6)), jnp.float32) for _ in range(4))
+    mask = np.asarray(rng.random((2, 1, 6, 6)) > 0.3) | np.eye(6, dtype=bool)
+    mask[1, 0, 2] = False
+    mask = jnp.asarray(mask)
+    ours, vjp_ours = jax.vjp(lambda q, k, v: softmax_attention(q, k, v, mask), q, k, v)
+    ref, vjp_ref = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask), q, k, v)
+    np.testing.assert_array_equal(ours, ref)
+    for mine, theirs in zip(vjp_ours(g), vjp_ref(g)):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)
 
 
 def test_training_mode_uses_dropout_and_eval_does_not():

@@ -46,6 +46,45 @@ def attention_with_dropout(
     return jnp.einsum("bnqk,bknh->bqnh", probs_BNQL.astype(v_BLNH.dtype), v_BLNH)
 
 
+def _softmax_attention_fwd(q_BQNH, k_BLNH, v_BLNH, mask_B1QL):
+    scale = q_BQNH.shape[-1] ** -0.5
+    logits_BNQL = jnp.einsum("bqnh,bknh->bnqk", q_BQNH, k_BLNH, preferred_element_type=jnp.float32)
+    logits_BNQL = jnp.where(mask_B1QL, logits_BNQL * scale, _LARGE_NEGATIVE)
+    unnormalized_BNQL = jnp.exp(logits_BNQL - logits_BNQL.max(-1, keepdims=True))
+    probs_BNQL = unnormalized_BNQL / unnormalized_BNQL.sum(-1, keepdims=True)
+    out_BQNH = jnp.einsum("bnqk,bknh->bqnh", probs_BNQL.astype(v_BLNH.dtype), v_BLNH)
+    return out_BQNH, (q_BQNH, k_BLNH, v_BLNH, mask_B1QL, probs_BNQL)
+
+
+def _softmax_attention_bwd(residuals, g_BQNH):
+    q_BQNH, k_BLNH, v_BLNH, mask_B1QL, probs_BNQL = residuals
+    scale = q_BQNH.shape[-1] ** -0.5
+    dv_BLNH = jnp.einsum("bnqk,bqnh->bknh", probs_BNQL.astype(g_BQNH.dtype), g_BQNH)
+    dprobs_BNQL = jnp.einsum("bqnh,bknh->bnqk", g_BQNH, v_BLNH, preferred_element_type=jnp.float32)
+    # softmax's vector-Jacobian product, then the mask's (a row with no allowed key has
+    # uniform probabilities over masked keys, which get no gradient).
+    dlogits_BNQL = probs_BNQL * (dprobs_BNQL - (probs_BNQL * dprobs_BNQL).sum(-1, keepdims=True))
+    dlogits_BNQL = jnp.where(mask_B1QL, dlogits_BNQL * scale, 0.0).astype(q_BQNH.dtype)
+    dq_BQNH = jnp.einsum("bnqk,bknh->bqnh", dlogits_BNQL, k_BLNH)
+    dk_BLNH = jnp.einsum("bnqk,bqnh->bknh", dlogits_BNQL, q_BQNH)
+    return dq_BQNH, dk_BLNH, dv_BLNH, None
+
+
+@jax.custom_vjp
+def softmax_attention(q_BQNH: Array, k_BLNH: Array, v_BLNH: Array, mask_B1QL: Array) -> Array:
+    """softmax(q k^T / sqrt(H), over the keys the mask allows) v, the math of
+    `jax.nn.dot_product_attention`'s XLA implementation (logits and softmax in float32,
+    masked logits at its large negative number), with a hand-written backward pass that
+    keeps only the probabilities from the forward pass: autodiff of the softmax keeps its
+    exponentials and a normaliser broadcast to the probabilities' shape as well, two more
+    [B, N, Q, L] float32 buffers per layer (README, Benchmarks). [B, Q, N, H]."""
+    return _softmax_attention_fwd(q_BQNH, k_BLNH, v_BLNH, mask_B1QL)[0]
+
+
+softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+_LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's
+
+
 def attention(
     q_BQNH: Array, k_BLNH: Array, v_BLNH: Array, mask_B1QL: Array, rate: float, dropout_rng: Array | None
 ) -> Array:
@@ -53,8 +92,8 @@ def attention(
 
     With `dropout_rng` and rate > 0 (training with attention-probability dropout) it takes
     the explicit softmax of `attention_with_dropout`, so the configured dropout is applied;
-    otherwise `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs).
+    otherwise `softmax_attention`.
     """
     if dropout_rng is None or rate == 0.0:
-        return jax.nn.dot_product_attention(q_BQNH, k_BLNH, v_BLNH, mask=mask_B1QL)
+        return softmax_attention(q_BQNH, k_BLNH, v_BLNH, mask_B1QL)
     return attention_with_dropout(q_BQNH, k_BLNH, v_BLNH, mask_B1QL, rate, dropout_rng)

@@ -55,7 +55,7 @@ class BertSelfAttention(nn.Module):
     With `query_positions_BQ` only those rows are computed: every position still serves
     as a key and value, and the output is [B, Q, D] (the last layer of a model whose loss
     reads a few positions). Evaluation, and training without attention dropout, go through
-    `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs). Training with
+    `flaxft.models.attention.softmax_attention`. Training with
     attention dropout takes an explicit softmax so the configured dropout is applied.
     """
 
