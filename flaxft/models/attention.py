@@ -46,43 +46,56 @@ def attention_with_dropout(
     return jnp.einsum("bnqk,bknh->bqnh", probs_BNQL.astype(v_BLNH.dtype), v_BLNH)
 
 
-def _softmax_attention_fwd(q_BQNH, k_BLNH, v_BLNH, mask_B1QL):
-    scale = q_BQNH.shape[-1] ** -0.5
-    logits_BNQL = jnp.einsum("bqnh,bknh->bnqk", q_BQNH, k_BLNH, preferred_element_type=jnp.float32)
+def _softmax_attention_fwd(q_BNQH, k_BNLH, v_BNLH, mask_B1QL):
+    scale = q_BNQH.shape[-1] ** -0.5
+    logits_BNQL = jnp.einsum("bnqh,bnkh->bnqk", q_BNQH, k_BNLH, preferred_element_type=jnp.float32)
     logits_BNQL = jnp.where(mask_B1QL, logits_BNQL * scale, _LARGE_NEGATIVE)
     unnormalized_BNQL = jnp.exp(logits_BNQL - logits_BNQL.max(-1, keepdims=True))
     probs_BNQL = unnormalized_BNQL / unnormalized_BNQL.sum(-1, keepdims=True)
-    out_BQNH = jnp.einsum("bnqk,bknh->bqnh", probs_BNQL.astype(v_BLNH.dtype), v_BLNH)
-    return out_BQNH, (q_BQNH, k_BLNH, v_BLNH, mask_B1QL, probs_BNQL)
+    out_BNQH = jnp.einsum("bnqk,bnkh->bnqh", probs_BNQL.astype(v_BNLH.dtype), v_BNLH)
+    return out_BNQH, (q_BNQH, k_BNLH, v_BNLH, mask_B1QL, probs_BNQL)
 
 
-def _softmax_attention_bwd(residuals, g_BQNH):
-    q_BQNH, k_BLNH, v_BLNH, mask_B1QL, probs_BNQL = residuals
-    scale = q_BQNH.shape[-1] ** -0.5
-    dv_BLNH = jnp.einsum("bnqk,bqnh->bknh", probs_BNQL.astype(g_BQNH.dtype), g_BQNH)
-    dprobs_BNQL = jnp.einsum("bqnh,bknh->bnqk", g_BQNH, v_BLNH, preferred_element_type=jnp.float32)
+def _softmax_attention_bwd(residuals, g_BNQH):
+    q_BNQH, k_BNLH, v_BNLH, mask_B1QL, probs_BNQL = residuals
+    scale = q_BNQH.shape[-1] ** -0.5
+    dv_BNLH = jnp.einsum("bnqk,bnqh->bnkh", probs_BNQL.astype(g_BNQH.dtype), g_BNQH)
+    dprobs_BNQL = jnp.einsum("bnqh,bnkh->bnqk", g_BNQH, v_BNLH, preferred_element_type=jnp.float32)
     # softmax's vector-Jacobian product, then the mask's (a row with no allowed key has
     # uniform probabilities over masked keys, which get no gradient).
     dlogits_BNQL = probs_BNQL * (dprobs_BNQL - (probs_BNQL * dprobs_BNQL).sum(-1, keepdims=True))
-    dlogits_BNQL = jnp.where(mask_B1QL, dlogits_BNQL * scale, 0.0).astype(q_BQNH.dtype)
-    dq_BQNH = jnp.einsum("bnqk,bknh->bqnh", dlogits_BNQL, k_BLNH)
-    dk_BLNH = jnp.einsum("bnqk,bqnh->bknh", dlogits_BNQL, q_BQNH)
-    return dq_BQNH, dk_BLNH, dv_BLNH, None
+    dlogits_BNQL = jnp.where(mask_B1QL, dlogits_BNQL * scale, 0.0).astype(q_BNQH.dtype)
+    dq_BNQH = jnp.einsum("bnqk,bnkh->bnqh", dlogits_BNQL, k_BNLH)
+    dk_BNLH = jnp.einsum("bnqk,bnqh->bnkh", dlogits_BNQL, q_BNQH)
+    return dq_BNQH, dk_BNLH, dv_BNLH, None
 
 
 @jax.custom_vjp
-def softmax_attention(q_BQNH: Array, k_BLNH: Array, v_BLNH: Array, mask_B1QL: Array) -> Array:
-    """softmax(q k^T / sqrt(H), over the keys the mask allows) v, the math of
-    `jax.nn.dot_product_attention`'s XLA implementation (logits and softmax in float32,
-    masked logits at its large negative number), with a hand-written backward pass that
-    keeps only the probabilities from the forward pass: autodiff of the softmax keeps its
-    exponentials and a normaliser broadcast to the probabilities' shape as well, two more
-    [B, N, Q, L] float32 buffers per layer (README, Benchmarks). [B, Q, N, H]."""
-    return _softmax_attention_fwd(q_BQNH, k_BLNH, v_BLNH, mask_B1QL)[0]
+def softmax_attention_heads_first(q_BNQH: Array, k_BNLH: Array, v_BNLH: Array, mask_B1QL: Array) -> Array:
+    """softmax(q k^T / sqrt(H), over the keys the mask allows) v on heads-first operands,
+    the math of `jax.nn.dot_product_attention`'s XLA implementation (logits and softmax in
+    float32, masked logits at its large negative number), with a hand-written backward
+    pass that keeps only the probabilities from the forward pass: autodiff of the softmax
+    keeps its exponentials and a normaliser broadcast to the probabilities' shape as well,
+    two more [B, N, Q, L] float32 buffers per layer. Heads first, every product has its
+    batch dimensions leading, as XLA:CPU computes them, so no operand is transposed
+    around them (README, Benchmarks). [B, N, Q, H]."""
+    return _softmax_attention_fwd(q_BNQH, k_BNLH, v_BNLH, mask_B1QL)[0]
 
 
-softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+softmax_attention_heads_first.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 _LARGE_NEGATIVE = -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's
+
+
+def _heads_first(x_BLNH: Array) -> Array:
+    return jnp.swapaxes(x_BLNH, 1, 2)
+
+
+def softmax_attention(q_BQNH: Array, k_BLNH: Array, v_BLNH: Array, mask_B1QL: Array) -> Array:
+    """`softmax_attention_heads_first` on operands with heads after positions. [B, Q, N, H]."""
+    out_BNQH = softmax_attention_heads_first(_heads_first(q_BQNH), _heads_first(k_BLNH), _heads_first(v_BLNH),
+                                             mask_B1QL)
+    return _heads_first(out_BNQH)
 
 
 def attention(
@@ -97,3 +110,14 @@ def attention(
     if dropout_rng is None or rate == 0.0:
         return softmax_attention(q_BQNH, k_BLNH, v_BLNH, mask_B1QL)
     return attention_with_dropout(q_BQNH, k_BLNH, v_BLNH, mask_B1QL, rate, dropout_rng)
+
+
+def attention_heads_first(
+    q_BNQH: Array, k_BNLH: Array, v_BNLH: Array, mask_B1QL: Array, rate: float, dropout_rng: Array | None
+) -> Array:
+    """`attention` on heads-first operands. [B, N, Q, H]."""
+    if dropout_rng is None or rate == 0.0:
+        return softmax_attention_heads_first(q_BNQH, k_BNLH, v_BNLH, mask_B1QL)
+    out_BQNH = attention_with_dropout(_heads_first(q_BNQH), _heads_first(k_BNLH), _heads_first(v_BNLH), mask_B1QL,
+                                      rate, dropout_rng)
+    return _heads_first(out_BQNH)

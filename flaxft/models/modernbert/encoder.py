@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxft.models.attention import attention, attention_mask_B1LL, gather_query_rows
+from flaxft.models.attention import attention_heads_first, attention_mask_B1LL, gather_query_rows
 from flaxft.models.dropout import Dropout
 from flaxft.models.family import REMAT, EncoderOutput
 from flaxft.models.layers import activation, dense, embed, gather_positions, layer_norm, segment_positions
@@ -55,13 +55,13 @@ def rotary_tables(position_ids_BL: Array, head_dim: int, theta: float) -> tuple[
     return jnp.cos(angles_BLH), jnp.sin(angles_BLH)
 
 
-def apply_rotary(x_BLNH: Array, cos_BLH: Array, sin_BLH: Array) -> Array:
-    """x rotated by the angles: x cos + rotate_half(x) sin, in float32. [B, L, N, H]."""
-    x = x_BLNH.astype(jnp.float32)
+def apply_rotary(x_BNLH: Array, cos_BLH: Array, sin_BLH: Array) -> Array:
+    """x (heads first) rotated by the angles: x cos + rotate_half(x) sin, in float32. [B, N, L, H]."""
+    x = x_BNLH.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    out = x * cos_BLH[:, :, None] + rotated * sin_BLH[:, :, None]
-    return out.astype(x_BLNH.dtype)
+    out = x * cos_BLH[:, None] + rotated * sin_BLH[:, None]
+    return out.astype(x_BNLH.dtype)
 
 
 def sliding_window_mask_B1LL(mask_B1LL: Array, length: int, window: int) -> Array:
@@ -90,8 +90,10 @@ class ModernBertEmbeddings(nn.Module):
 
 class ModernBertAttention(nn.Module):
     """Rotary multi-head self-attention from one fused Wqkv projection, then Wo and
-    dropout. Dropout on the attention probabilities takes the explicit softmax path
-    (`flaxft.models.attention.attention`)."""
+    dropout. Queries, keys and values are laid out heads first ([B, N, L, H], one
+    transpose of the projection) before the rotary embedding, so the attention products
+    need no further transposes (README, Benchmarks). Dropout on the attention
+    probabilities takes the explicit softmax path (`flaxft.models.attention.attention`)."""
 
     config: ModernBertConfig
     deterministic: bool = True
@@ -104,18 +106,19 @@ class ModernBertAttention(nn.Module):
         heads = (cfg.num_attention_heads, cfg.head_dim)
         bias = ("fused", "heads", "kv") if cfg.attention_bias else None
         qkv_BL3NH = dense(cfg, (3, *heads), ("embed", "fused", "heads", "kv"), bias, "Wqkv", init_std=stds["in"])(x_BLD)
-        act_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
-        q_BLNH, k_BLNH, v_BLNH = (nn.with_logical_constraint(qkv_BL3NH[:, :, i], act_axes) for i in range(3))
+        qkv_3BNLH = jnp.transpose(qkv_BL3NH, (2, 0, 3, 1, 4))
+        act_axes = ("activation_batch", "activation_heads", "activation_length", "activation_kv")
+        q_BNLH, k_BNLH, v_BNLH = (nn.with_logical_constraint(qkv_3BNLH[i], act_axes) for i in range(3))
         q_cos_BQH, q_sin_BQH = cos_BLH, sin_BLH
         if query_positions_BQ is not None:
-            q_BLNH = jnp.take_along_axis(q_BLNH, query_positions_BQ[:, :, None, None], axis=1)
+            q_BNLH = jnp.take_along_axis(q_BNLH, query_positions_BQ[:, None, :, None], axis=2)
             q_cos_BQH, q_sin_BQH = (gather_positions(t, query_positions_BQ) for t in (cos_BLH, sin_BLH))
             mask_B1LL = gather_query_rows(mask_B1LL, query_positions_BQ)
-        q_BQNH = apply_rotary(q_BLNH, q_cos_BQH, q_sin_BQH)
-        k_BLNH = apply_rotary(k_BLNH, cos_BLH, sin_BLH)
+        q_BNQH = apply_rotary(q_BNLH, q_cos_BQH, q_sin_BQH)
+        k_BNLH = apply_rotary(k_BNLH, cos_BLH, sin_BLH)
         rate = cfg.attention_dropout
         dropout_rng = None if self.deterministic or rate == 0.0 else self.make_rng("dropout")
-        ctx_BQNH = attention(q_BQNH, k_BLNH, v_BLNH, mask_B1LL, rate, dropout_rng)
+        ctx_BQNH = jnp.swapaxes(attention_heads_first(q_BNQH, k_BNLH, v_BNLH, mask_B1LL, rate, dropout_rng), 1, 2)
         out_bias = ("embed",) if cfg.attention_bias else None
         out_BQD = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), out_bias, "Wo", num_contracted=2,
                         init_std=stds["out"])(ctx_BQNH)
