@@ -147,6 +147,16 @@ def test_softmax_attention_equals_jax_dot_product_attention_and_its_gradients():
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)
 
 
+def test_materialized_cotangent_is_the_identity_both_ways():
+    from flaxft.models.layers import materialized_cotangent
+
+    x = jnp.asarray([-2.5, 0.0, 1e-30, 3e38], jnp.float32)
+    g = jnp.asarray([1.0, -0.0, 7e-39, -3e38], jnp.float32)
+    y, vjp = jax.vjp(materialized_cotangent, x)
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(jax.jit(vjp)(g)[0], g)
+
+
 def test_training_mode_uses_dropout_and_eval_does_not():
     model = BertForPreTraining(CONFIG)
     params = _params(model)

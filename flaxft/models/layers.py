@@ -164,3 +164,30 @@ def segment_positions(segment_ids_BL: Array) -> Array:
 def gather_positions(x_BLD: Array, positions_BM: Array) -> Array:
     """Rows of x at the given positions of each sequence. [B, M, D]."""
     return jnp.take_along_axis(x_BLD, positions_BM[:, :, None], axis=1)
+
+
+@jax.custom_vjp
+def materialized_cotangent(x: Array) -> Array:
+    """The identity on x, whose cotangent the backward pass computes once, into a buffer.
+
+    Put on a pre-LayerNorm layer's residual input. The residual stream's gradient is a
+    chain of adds through every later layer; XLA:CPU fuses that chain, duplicated, into
+    each layer's LayerNorm backward, so every layer re-adds the terms of all later ones
+    (work quadratic in the depth: ModernBERT-base's layer 10 read 151 buffers; README,
+    Benchmarks). The backward pass returns rem(g, inf), which equals g for every finite g
+    (an infinite one becomes NaN: non-finite either way) and which XLA never duplicates
+    (a floating-point remainder counts as expensive) and does not simplify away, as it does
+    optimization barriers (removed before fusion on CPU) and divisions by a runtime 1
+    (rewritten as multiplications)."""
+    return x
+
+
+def _materialized_cotangent_fwd(x):
+    return x, None
+
+
+def _materialized_cotangent_bwd(_, g):
+    return (jax.lax.rem(g, jnp.asarray(jnp.inf, g.dtype)),)
+
+
+materialized_cotangent.defvjp(_materialized_cotangent_fwd, _materialized_cotangent_bwd)

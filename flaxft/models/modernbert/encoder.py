@@ -23,7 +23,8 @@ import numpy as np
 from flaxft.models.attention import attention_heads_first, attention_mask_B1LL, gather_query_rows
 from flaxft.models.dropout import Dropout
 from flaxft.models.family import REMAT, EncoderOutput
-from flaxft.models.layers import activation, dense, embed, gather_positions, layer_norm, segment_positions
+from flaxft.models.layers import (activation, dense, embed, gather_positions, layer_norm, materialized_cotangent,
+                                  segment_positions)
 from flaxft.models.modernbert.configuration import ModernBertConfig
 
 Array = jax.Array
@@ -146,8 +147,9 @@ class ModernBertMLP(nn.Module):
 
 class ModernBertLayer(nn.Module):
     """One pre-LayerNorm layer: x + attn(attn_norm(x)), then x + mlp(mlp_norm(x)).
-    Layer 0 has no attn_norm (the embeddings end in one). Returns (x, None) so it can be
-    the body of nn.scan."""
+    Layer 0 has no attn_norm (the embeddings end in one). The gradient of the residual
+    input is materialised (`flaxft.models.layers.materialized_cotangent`). Returns
+    (x, None) so it can be the body of nn.scan."""
 
     config: ModernBertConfig
     index: int
@@ -163,6 +165,7 @@ class ModernBertLayer(nn.Module):
         """
         cfg = self.config
         mask_B1LL, (cos_BLH, sin_BLH) = _for_layer(masks, rotary, cfg.layer_types[self.index], sliding)
+        x_BLD = materialized_cotangent(x_BLD)
         h_BLD = x_BLD if self.index == 0 else norm(cfg, "attn_norm")(x_BLD)
         attn_BQD = ModernBertAttention(cfg, self.deterministic, name="attn")(
             h_BLD, mask_B1LL, cos_BLH, sin_BLH, query_positions_BQ)
