@@ -92,7 +92,11 @@ def _heads_first(x_BLNH: Array) -> Array:
 
 
 def softmax_attention(q_BQNH: Array, k_BLNH: Array, v_BLNH: Array, mask_B1QL: Array) -> Array:
-    """`softmax_attention_heads_first` on operands with heads after positions. [B, Q, N, H]."""
+    """Attention without dropout. On CPU `softmax_attention_heads_first` (operands
+    transposed heads first); on accelerators `jax.nn.dot_product_attention` (cuDNN's fused
+    attention on GPUs where it applies). [B, Q, N, H]."""
+    if jax.default_backend() != "cpu":
+        return jax.nn.dot_product_attention(q_BQNH, k_BLNH, v_BLNH, mask=mask_B1QL)
     out_BNQH = softmax_attention_heads_first(_heads_first(q_BQNH), _heads_first(k_BLNH), _heads_first(v_BLNH),
                                              mask_B1QL)
     return _heads_first(out_BNQH)
@@ -105,7 +109,7 @@ def attention(
 
     With `dropout_rng` and rate > 0 (training with attention-probability dropout) it takes
     the explicit softmax of `attention_with_dropout`, so the configured dropout is applied;
-    otherwise `softmax_attention`.
+    otherwise `softmax_attention` (backend-dependent).
     """
     if dropout_rng is None or rate == 0.0:
         return softmax_attention(q_BQNH, k_BLNH, v_BLNH, mask_B1QL)
@@ -115,9 +119,9 @@ def attention(
 def attention_heads_first(
     q_BNQH: Array, k_BNLH: Array, v_BNLH: Array, mask_B1QL: Array, rate: float, dropout_rng: Array | None
 ) -> Array:
-    """`attention` on heads-first operands. [B, N, Q, H]."""
-    if dropout_rng is None or rate == 0.0:
+    """`attention` on heads-first operands (on CPU without dropout, with no transposes). [B, N, Q, H]."""
+    if (dropout_rng is None or rate == 0.0) and jax.default_backend() == "cpu":
         return softmax_attention_heads_first(q_BNQH, k_BNLH, v_BNLH, mask_B1QL)
-    out_BQNH = attention_with_dropout(_heads_first(q_BNQH), _heads_first(k_BNLH), _heads_first(v_BNLH), mask_B1QL,
-                                      rate, dropout_rng)
+    out_BQNH = attention(_heads_first(q_BNQH), _heads_first(k_BNLH), _heads_first(v_BNLH), mask_B1QL, rate,
+                         dropout_rng)
     return _heads_first(out_BQNH)

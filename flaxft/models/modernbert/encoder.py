@@ -23,8 +23,15 @@ import numpy as np
 from flaxft.models.attention import attention_heads_first, attention_mask_B1LL, gather_query_rows
 from flaxft.models.dropout import Dropout
 from flaxft.models.family import REMAT, EncoderOutput
-from flaxft.models.layers import (activation, dense, embed, gather_positions, layer_norm, materialized_cotangent,
-                                  segment_positions)
+from flaxft.models.layers import (
+    activation,
+    dense,
+    embed,
+    gather_positions,
+    layer_norm,
+    materialized_cotangent,
+    segment_positions,
+)
 from flaxft.models.modernbert.configuration import ModernBertConfig
 
 Array = jax.Array
