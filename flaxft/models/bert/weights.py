@@ -7,7 +7,7 @@ from typing import Any
 
 from flaxft.errors import InputError
 from flaxft.models.bert.configuration import BertConfig
-from flaxft.models.family import HFFormat, Weight
+from flaxft.models.family import HFFormat, ModelConfig, Weight
 
 HEADS_OF = {
     "BertModel": (),
@@ -32,14 +32,18 @@ def transpose(x):
     return x.T
 
 
-def linear(path: tuple[str, ...], hf: str, kernel=(transpose, transpose), bias=(same, same)) -> list[Weight]:
-    """A torch Linear: weight [out, in] is the transposed flax kernel [in, out]."""
-    return [Weight(path + ("kernel",), hf + ".weight", *kernel), Weight(path + ("bias",), hf + ".bias", *bias)]
+def linear(path: tuple[str, ...], hf: str, kernel=(transpose, transpose), bias=(same, same),
+           with_bias: bool = True) -> list[Weight]:
+    """A torch Linear: weight [out, in] is the transposed flax kernel [in, out]; its bias
+    unless not `with_bias`."""
+    table = [Weight(path + ("kernel",), hf + ".weight", *kernel)]
+    return table + ([Weight(path + ("bias",), hf + ".bias", *bias)] if with_bias else [])
 
 
-def norm(path: tuple[str, ...], hf: str) -> list[Weight]:
-    """A torch LayerNorm: weight and bias are the flax scale and bias."""
-    return [Weight(path + ("scale",), hf + ".weight", same, same), Weight(path + ("bias",), hf + ".bias", same, same)]
+def norm(path: tuple[str, ...], hf: str, with_bias: bool = True) -> list[Weight]:
+    """A torch LayerNorm: weight and bias (unless not `with_bias`) are the flax scale and bias."""
+    table = [Weight(path + ("scale",), hf + ".weight", same, same)]
+    return table + ([Weight(path + ("bias",), hf + ".bias", same, same)] if with_bias else [])
 
 
 def encoder_weights(config: BertConfig, key: str, with_pooler: bool) -> list[Weight]:
@@ -110,10 +114,14 @@ def check_config(hf: Mapping[str, Any], source: str) -> None:
 def config_extras(config: BertConfig, architecture: str) -> dict[str, Any]:
     """config.json entries beyond the fields (BERT's and the families built on its
     encoder): absolute positions, and regression for a one-label sequence classifier."""
-    extras: dict[str, Any] = {"position_embedding_type": "absolute"}
+    return {"position_embedding_type": "absolute", **problem_type_extras(config, architecture)}
+
+
+def problem_type_extras(config: ModelConfig, architecture: str) -> dict[str, Any]:
+    """`problem_type` "regression" for a one-label sequence classifier (any family)."""
     if config.num_labels == 1 and architecture.endswith("ForSequenceClassification"):
-        extras["problem_type"] = "regression"
-    return extras
+        return {"problem_type": "regression"}
+    return {}
 
 
 def read_aliases(tensors: dict[str, Any], config: BertConfig) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from flaxft.models.bert.weights import head_output_names, same, transpose
+from flaxft.models.bert.weights import head_output_names, linear, problem_type_extras, same, transpose
+from flaxft.models.bert.weights import norm as bert_norm
 from flaxft.models.family import HFFormat, Weight
 from flaxft.models.modernbert.configuration import ModernBertConfig
 
@@ -22,13 +23,8 @@ def weight_table(config: ModernBertConfig, architecture: str) -> list[Weight]:
     wi = (lambda k: k.reshape(d, 2 * f).T, lambda w: w.T.reshape(d, 2, f))
     wi_bias = (lambda b: b.reshape(2 * f), lambda b: b.reshape(2, f))
 
-    def linear(path, hf, bias, kernel=(transpose, transpose), bias_fns=(same, same)):
-        table = [Weight(path + ("kernel",), hf + ".weight", *kernel)]
-        return table + ([Weight(path + ("bias",), hf + ".bias", *bias_fns)] if bias else [])
-
     def norm(path, hf):
-        table = [Weight(path + ("scale",), hf + ".weight", same, same)]
-        return table + ([Weight(path + ("bias",), hf + ".bias", same, same)] if config.norm_bias else [])
+        return bert_norm(path, hf, with_bias=config.norm_bias)
 
     table = [Weight(("embeddings", "tok_embeddings", "embedding"), "embeddings.tok_embeddings.weight", same, same)]
     table += norm(("embeddings", "norm"), "embeddings.norm")
@@ -36,16 +32,16 @@ def weight_table(config: ModernBertConfig, architecture: str) -> list[Weight]:
         flax_layer, hf_layer = ("layers", f"layer_{i}"), f"layers.{i}"
         if i > 0:
             table += norm(flax_layer + ("attn_norm",), f"{hf_layer}.attn_norm")
-        table += linear(flax_layer + ("attn", "Wqkv"), f"{hf_layer}.attn.Wqkv", config.attention_bias, qkv, qkv_bias)
-        table += linear(flax_layer + ("attn", "Wo"), f"{hf_layer}.attn.Wo", config.attention_bias, wo)
+        table += linear(flax_layer + ("attn", "Wqkv"), f"{hf_layer}.attn.Wqkv", qkv, qkv_bias, config.attention_bias)
+        table += linear(flax_layer + ("attn", "Wo"), f"{hf_layer}.attn.Wo", wo, with_bias=config.attention_bias)
         table += norm(flax_layer + ("mlp_norm",), f"{hf_layer}.mlp_norm")
-        table += linear(flax_layer + ("mlp", "Wi"), f"{hf_layer}.mlp.Wi", config.mlp_bias, wi, wi_bias)
-        table += linear(flax_layer + ("mlp", "Wo"), f"{hf_layer}.mlp.Wo", config.mlp_bias)
+        table += linear(flax_layer + ("mlp", "Wi"), f"{hf_layer}.mlp.Wi", wi, wi_bias, config.mlp_bias)
+        table += linear(flax_layer + ("mlp", "Wo"), f"{hf_layer}.mlp.Wo", with_bias=config.mlp_bias)
     table += norm(("final_norm",), "final_norm")
     table = [dataclasses.replace(w, path=("model",) + w.path) for w in table]
     if architecture == "ModernBertModel":
         return table
-    table += linear(("prediction_head", "dense"), "head.dense", config.classifier_bias)
+    table += linear(("prediction_head", "dense"), "head.dense", with_bias=config.classifier_bias)
     table += norm(("prediction_head", "norm"), "head.norm")
     if architecture == "ModernBertForMaskedLM":
         if not config.tie_word_embeddings:
@@ -53,7 +49,7 @@ def weight_table(config: ModernBertConfig, architecture: str) -> list[Weight]:
         if config.decoder_bias:
             table.append(Weight(("decoder", "bias"), "decoder.bias", same, same))
     else:
-        table += linear(("classifier",), "classifier", True)
+        table += linear(("classifier",), "classifier")
     return table
 
 
@@ -61,13 +57,6 @@ def check_config(hf: Mapping[str, Any], source: str) -> None:
     """Nothing to refuse beyond what `ModernBertConfig.hf_values` (rotary types) and its
     validation (layer types, activations, pooling) already do; `sparse_prediction` only
     changes which logits transformers returns in training, not the weights."""
-
-
-def config_extras(config: ModernBertConfig, architecture: str) -> dict[str, Any]:
-    """Regression for a one-label sequence classifier."""
-    if config.num_labels == 1 and architecture == "ModernBertForSequenceClassification":
-        return {"problem_type": "regression"}
-    return {}
 
 
 def read_aliases(tensors: dict[str, Any], config: ModernBertConfig) -> dict[str, Any]:
@@ -85,7 +74,7 @@ HF_FORMAT = HFFormat(
     base_prefix="model.",
     weight_table=weight_table,
     check_config=check_config,
-    config_extras=config_extras,
+    config_extras=problem_type_extras,
     read_aliases=read_aliases,
     head_prefixes=("head.", "decoder.", "classifier."),
     write_extras=write_extras,
