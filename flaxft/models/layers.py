@@ -161,6 +161,18 @@ def segment_positions(segment_ids_BL: Array) -> Array:
     return index_BL - start_BL
 
 
+def default_attention_mask(input_ids_BL: Array, segment_ids_BL: Array | None) -> Array:
+    """Every token real, or (packed rows) those of a segment: segment_ids > 0. [B, L]."""
+    return segment_ids_BL > 0 if segment_ids_BL is not None else jnp.ones_like(input_ids_BL)
+
+
+def default_position_ids(input_ids_BL: Array, segment_ids_BL: Array | None) -> Array:
+    """0..L-1, restarting at 0 in each packed segment. [B, L]."""
+    if segment_ids_BL is not None:
+        return segment_positions(segment_ids_BL)
+    return jnp.broadcast_to(jnp.arange(input_ids_BL.shape[1]), input_ids_BL.shape)
+
+
 def gather_positions(x_BLD: Array, positions_BM: Array) -> Array:
     """Rows of x at the given positions of each sequence. [B, M, D]."""
     return jnp.take_along_axis(x_BLD, positions_BM[:, :, None], axis=1)

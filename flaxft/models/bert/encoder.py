@@ -16,7 +16,15 @@ from flaxft.models.attention import attention, attention_mask_B1LL, gather_query
 from flaxft.models.bert.configuration import BertConfig
 from flaxft.models.dropout import Dropout
 from flaxft.models.family import REMAT, EncoderOutput
-from flaxft.models.layers import activation, dense, embed, gather_positions, layer_norm, segment_positions
+from flaxft.models.layers import (
+    activation,
+    default_attention_mask,
+    default_position_ids,
+    dense,
+    embed,
+    gather_positions,
+    layer_norm,
+)
 
 Array = jax.Array
 
@@ -199,9 +207,7 @@ class BertModule(nn.Module):
         Returns last_hidden_state [B, L, D] (or [B, M, D]) and pooler_output [B, D] (or [B, K, D]).
         """
         if attention_mask_BL is None:
-            attention_mask_BL = (
-                segment_ids_BL > 0 if segment_ids_BL is not None else jnp.ones_like(input_ids_BL)
-            )
+            attention_mask_BL = default_attention_mask(input_ids_BL, segment_ids_BL)
         if token_type_ids_BL is None:
             token_type_ids_BL = jnp.zeros_like(input_ids_BL)
         if position_ids_BL is None:
@@ -229,9 +235,7 @@ class BertModule(nn.Module):
 
     def default_position_ids(self, input_ids_BL: Array, segment_ids_BL: Array | None) -> Array:
         """0..L-1, restarting at 0 in each packed segment. [B, L]."""
-        if segment_ids_BL is not None:
-            return segment_positions(segment_ids_BL)
-        return jnp.broadcast_to(jnp.arange(input_ids_BL.shape[1]), input_ids_BL.shape)
+        return default_position_ids(input_ids_BL, segment_ids_BL)
 
     def embed(self, input_ids_BL: Array, token_type_ids_BL: Array, position_ids_BL: Array,
               deterministic: bool) -> Array:

@@ -25,12 +25,13 @@ from flaxft.models.dropout import Dropout
 from flaxft.models.family import REMAT, EncoderOutput
 from flaxft.models.layers import (
     activation,
+    default_attention_mask,
+    default_position_ids,
     dense,
     embed,
     gather_positions,
     layer_norm,
     materialized_cotangent,
-    segment_positions,
 )
 from flaxft.models.modernbert.configuration import ModernBertConfig
 
@@ -270,10 +271,9 @@ class ModernBertModule(nn.Module):
         cfg = self.config
         length = input_ids_BL.shape[1]
         if attention_mask_BL is None:
-            attention_mask_BL = segment_ids_BL > 0 if segment_ids_BL is not None else jnp.ones_like(input_ids_BL)
+            attention_mask_BL = default_attention_mask(input_ids_BL, segment_ids_BL)
         if position_ids_BL is None:
-            position_ids_BL = (segment_positions(segment_ids_BL) if segment_ids_BL is not None
-                               else jnp.broadcast_to(jnp.arange(length), input_ids_BL.shape))
+            position_ids_BL = default_position_ids(input_ids_BL, segment_ids_BL)
         full_B1LL = attention_mask_B1LL(attention_mask_BL, segment_ids_BL)
         masks, rotary = {}, {}
         for layer_type in set(cfg.layer_types):
