@@ -44,3 +44,13 @@ def roberta_or_xlmr_dir(request, tmp_path_factory) -> pathlib.Path:
     from tests.tokenizers_for_tests import folder_of_kind
 
     return folder_of_kind(request.param, tmp_path_factory.mktemp("tokenizers") / request.param)
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory) -> pathlib.Path:
+    """The offline demo fine-tuning tasks (classification, NER, QA files), made once."""
+    from flaxft.tasks import demo_data
+
+    folder = tmp_path_factory.mktemp("finetune_data")
+    demo_data.make_demo_data(folder)
+    return folder

@@ -3,7 +3,6 @@ the task's labels and metrics, a short run that learns, the export of both model
 transformers, fine-tuning from the discriminator, every mesh layout and exact resume."""
 
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from flaxft.models.electra import (
 )
 from flaxft.tasks import ReplacedTokenDetection
 from flaxft.tasks.replaced_token_detection import replaced_tokens
-from tests.tiny import REPO, config_flags, losses, tiny_electra_config, wait_for, write_corpus
+from tests.tiny import REPO, config_flags, losses, single_device_run, tiny_electra_config, wait_for, write_corpus
 
 CONFIG = ElectraConfig(vocab_size=50, embedding_size=12, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=20, max_position_embeddings=32, generator_size=0.5,
@@ -253,14 +252,7 @@ STEPS = dict(num_train_steps=6, log_every_steps=1, eval_every_steps=6, checkpoin
 
 @pytest.mark.slow
 def test_every_mesh_layout_gives_the_single_device_losses(corpus, tmp_path):
-    script = (
-        "from pathlib import Path; from flaxft import train; from tests.tiny import tiny_electra_config; "
-        f"train.run(tiny_electra_config(Path({str(corpus)!r}), **{STEPS!r}), {str(tmp_path / 'one')!r})"
-    )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    reference = losses(tmp_path / "one")
+    reference, _ = single_device_run("tiny_electra_config", corpus, STEPS, tmp_path / "one")
     for layout in ({"mesh.data": 8}, {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}):
         workdir = tmp_path / "_".join(f"{k[5:]}{v}" for k, v in layout.items())
         train.run(tiny_electra_config(corpus, **STEPS, **layout), str(workdir))

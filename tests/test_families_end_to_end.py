@@ -54,15 +54,6 @@ def roberta_run(corpus, tmp_path_factory) -> Path:
     return workdir
 
 
-@pytest.fixture(scope="module")
-def task_files(tmp_path_factory) -> Path:
-    from flaxft.tasks import demo_data
-
-    folder = tmp_path_factory.mktemp("finetune_data")
-    demo_data.make_demo_data(folder)
-    return folder
-
-
 def finetune_run(workdir: Path, init_from: Path, task: str, files: dict, steps: int, **overrides) -> dict:
     config = config_lib.default_config()
     config.task.update(name=task, **{k: str(v) for k, v in files.items()})

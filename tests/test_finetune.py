@@ -18,17 +18,10 @@ from flaxft import convert, finetune, train
 from flaxft.data import load_tokenizer
 from flaxft.data.tokenizer import TOKENIZER_FILES
 from flaxft.errors import InputError
-from flaxft.tasks import classification, demo_data
+from flaxft.tasks import classification
 from tests.tiny import set_dotted
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def task_files(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("finetune_data")
-    demo_data.make_demo_data(folder)
-    return folder
 
 
 def small_classification(task_files: Path, folder: Path, rows: int) -> tuple[Path, Path]:

@@ -48,6 +48,7 @@ from tests.tiny import (
     logged_step,
     losses,
     set_dotted,
+    single_device_run,
     steps_on_disk,
     tiny_modernbert_config,
     wait_for,
@@ -73,15 +74,6 @@ def pretrained(corpus, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("modernbert")
     train.run(tiny_modernbert_config(corpus, **RUN), str(workdir))
     return workdir
-
-
-@pytest.fixture(scope="module")
-def task_files(tmp_path_factory) -> Path:
-    from flaxft.tasks import demo_data
-
-    folder = tmp_path_factory.mktemp("finetune_data")
-    demo_data.make_demo_data(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -284,15 +276,8 @@ def test_every_mesh_layout_gives_the_single_device_losses(corpus, tmp_path):
     """Data parallel, FSDP, tensor parallel and all three at once: the losses of a process
     with one CPU device, within test_sharding's tolerance."""
     steps = dict(num_train_steps=6, log_every_steps=1, eval_every_steps=6, checkpoint_every_steps=6)
-    script = (
-        "from pathlib import Path; from flaxft import train; from tests.tiny import tiny_modernbert_config; "
-        f"train.run(tiny_modernbert_config(Path({str(corpus)!r}), **{steps!r}), {str(tmp_path / 'one')!r})"
-    )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "over 1 cpu devices" in result.stdout
-    reference = losses(tmp_path / "one")
+    reference, stdout = single_device_run("tiny_modernbert_config", corpus, steps, tmp_path / "one")
+    assert "over 1 cpu devices" in stdout
     for name, layout in sorted(LAYOUTS.items()):
         train.run(tiny_modernbert_config(corpus, **steps, **layout), str(tmp_path / name))
         got = losses(tmp_path / name)

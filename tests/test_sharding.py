@@ -18,7 +18,7 @@ from flaxft import config as config_lib
 from flaxft.errors import InputError
 from flaxft.models import ARCHITECTURES, init_params
 from flaxft.tasks import Pretraining
-from tests.tiny import losses, tiny_config, write_corpus
+from tests.tiny import losses, single_device_run, tiny_config, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = dict(num_train_steps=6, log_every_steps=1, eval_every_steps=6, checkpoint_every_steps=6)
@@ -38,16 +38,9 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def one_device_losses(corpus, tmp_path_factory) -> list[float]:
     """The reference: the same run in a process that has a single CPU device."""
-    workdir = tmp_path_factory.mktemp("one_device")
-    script = (
-        "import sys; from pathlib import Path; from flaxft import train; from tests.tiny import tiny_config; "
-        f"train.run(tiny_config(Path({str(corpus)!r}), **{STEPS!r}), {str(workdir)!r})"
-    )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "over 1 cpu devices" in result.stdout
-    return losses(workdir)
+    reference, stdout = single_device_run("tiny_config", corpus, STEPS, tmp_path_factory.mktemp("one_device"))
+    assert "over 1 cpu devices" in stdout
+    return reference
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ configs, and the CLI in real subprocesses."""
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -154,3 +155,17 @@ def tmpfs(mountpoint: Path, size: str, read_only: bool = False):
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def single_device_run(config_factory: str, corpus: Path, steps: dict, workdir: Path) -> tuple[list[float], str]:
+    """Runs `tests.tiny.<config_factory>(corpus, **steps)` in a process that has a single
+    CPU device (the reference of the mesh-layout tests); its losses and its stdout."""
+    script = (
+        f"from pathlib import Path; from flaxft import train; from tests.tiny import {config_factory}; "
+        f"train.run({config_factory}(Path({str(corpus)!r}), **{steps!r}), {str(workdir)!r})"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return losses(workdir), result.stdout
