@@ -191,25 +191,26 @@ class HFFormat:
     weight_table(config, architecture): every parameter of `architecture` in the unrolled
         layout, in a fixed order; reading and writing both walk it.
     check_config(hf_dict, source): InputError for a config.json the family cannot read
-        (naming `source`).
+        (naming `source`; default: refuses nothing).
     config_extras(config, architecture): config.json entries beyond the config's fields.
     read_aliases(tensors, config): a read state dict (base prefix already dropped) with
         tied copies and buffers resolved: only table names and other heads' weights left.
     head_prefixes: how head weights' names start (never base-prefixed); weights of a head
         the model lacks (or of an optional encoder part) are skipped when reading.
-    write_extras(tensors, config): tensors transformers expects beside the table's.
+    write_extras(tensors, config): tensors transformers expects beside the table's
+        (default: none).
     output_names(architecture): EncoderOutput field -> the field of transformers' output
         of that architecture holding the same values (what `convert verify` compares).
     """
 
     base_prefix: str
     weight_table: Callable[[ModelConfig, str], list[Weight]]
-    check_config: Callable[[Mapping[str, Any], str], None]
     config_extras: Callable[[ModelConfig, str], dict[str, Any]]
     read_aliases: Callable[[dict[str, Any], ModelConfig], dict[str, Any]]
     head_prefixes: tuple[str, ...]
-    write_extras: Callable[[dict[str, Any], ModelConfig], dict[str, Any]]
     output_names: Callable[[str], dict[str, str]]
+    check_config: Callable[[Mapping[str, Any], str], None] = lambda hf, source: None
+    write_extras: Callable[[dict[str, Any], ModelConfig], dict[str, Any]] = lambda tensors, config: tensors
 
 
 @dataclasses.dataclass(frozen=True)

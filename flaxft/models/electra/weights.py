@@ -62,10 +62,6 @@ def read_aliases(tensors: dict[str, Any], config: ElectraConfig) -> dict[str, An
     return tensors
 
 
-def write_extras(tensors: dict[str, Any], config: ElectraConfig) -> dict[str, Any]:
-    return tensors
-
-
 HF_FORMAT = HFFormat(
     base_prefix="electra.",
     weight_table=weight_table,
@@ -74,6 +70,5 @@ HF_FORMAT = HFFormat(
     read_aliases=read_aliases,
     head_prefixes=("discriminator_predictions.", "generator_predictions.", "generator_lm_head.", "classifier.",
                    "qa_outputs."),
-    write_extras=write_extras,
     output_names=functools.partial(head_output_names, encoder_outputs=("last_hidden_state",)),
 )

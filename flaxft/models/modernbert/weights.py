@@ -3,7 +3,6 @@ every parameter, read and written through one table."""
 
 import dataclasses
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 from flaxft.models.bert.weights import head_output_names, linear, problem_type_extras, same, transpose
@@ -53,12 +52,6 @@ def weight_table(config: ModernBertConfig, architecture: str) -> list[Weight]:
     return table
 
 
-def check_config(hf: Mapping[str, Any], source: str) -> None:
-    """Nothing to refuse beyond what `ModernBertConfig.hf_values` (rotary types) and its
-    validation (layer types, activations, pooling) already do; `sparse_prediction` only
-    changes which logits transformers returns in training, not the weights."""
-
-
 def read_aliases(tensors: dict[str, Any], config: ModernBertConfig) -> dict[str, Any]:
     """Drops the tied decoder's copy of the token embeddings."""
     if config.tie_word_embeddings:
@@ -66,17 +59,14 @@ def read_aliases(tensors: dict[str, Any], config: ModernBertConfig) -> dict[str,
     return tensors
 
 
-def write_extras(tensors: dict[str, Any], config: ModernBertConfig) -> dict[str, Any]:
-    return tensors
-
-
+# No check_config: what ModernBERT cannot read (rotary types other than "default", unknown
+# layer types, activations, pooling) is refused by ModernBertConfig.hf_values and its
+# validation; `sparse_prediction` only changes which logits transformers returns in training.
 HF_FORMAT = HFFormat(
     base_prefix="model.",
     weight_table=weight_table,
-    check_config=check_config,
     config_extras=problem_type_extras,
     read_aliases=read_aliases,
     head_prefixes=("head.", "decoder.", "classifier."),
-    write_extras=write_extras,
     output_names=functools.partial(head_output_names, encoder_outputs=("last_hidden_state",)),
 )
