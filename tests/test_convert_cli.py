@@ -139,6 +139,7 @@ def test_exported_head_predicts_like_flaxft(tmp_path, hf_folder):
     np.testing.assert_array_equal(exported["mlm_logits"], original["mlm_logits"])
 
 
+@pytest.mark.slow
 def test_verify_compares_a_modernbert_with_padded_rows_and_sliding_windows(tmp_path, capsys):
     """verify compares against transformers' reference (eager) attention: its default (sdpa)
     gives ModernBERT's padding positions other outputs than eager does (the real tokens'

@@ -39,7 +39,7 @@ def _sequences(lengths, seed=0):
     return [rng.integers(4, CONFIG.vocab_size, n) for n in lengths]
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("scan_layers", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_padded_unpadded_and_packed_rows_give_each_sequence_the_same_outputs(scan_layers):
     """Three sequences longer than the window: alone (unpadded), padded into a batch, and
     packed into one row with segment ids give the same hidden states and logits."""
@@ -72,7 +72,7 @@ def test_padded_unpadded_and_packed_rows_give_each_sequence_the_same_outputs(sca
                                        err_msg=name)
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", [pytest.param("cls", marks=pytest.mark.slow), "mean"])
 def test_packed_sequence_classification_pools_each_segment(pooling):
     model = ModernBertForSequenceClassification(CONFIG.replace(classifier_pooling=pooling))
     params = _params(model)
@@ -122,7 +122,7 @@ def test_a_sliding_layer_sees_only_its_window():
     assert changed_at(7) > 1e-4 and changed_at(3) > 1e-4
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("scan_layers", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_masked_positions_give_the_full_outputs_there(scan_layers):
     model = ModernBertForMaskedLM(CONFIG.replace(scan_layers=scan_layers))
     params = _params(model)
