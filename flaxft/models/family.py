@@ -230,6 +230,10 @@ class Family:
         subtrees (ModernBERT's layer 0 has no attention norm, so it is not stacked).
     optional_encoder_params: encoder subtrees a model may start afresh when a checkpoint
         lacks them (BERT's pooler, absent from masked-LM checkpoints).
+    below_layers, above_layers: "/"-joined path prefixes of the parameters below the first
+        layer (the embeddings) and right above the last (a pooler, a final norm, ModernBERT's
+        prediction head): where they sit in the stack for layer-wise learning-rate decay
+        (`depth`).
     tokenizer: the kind of tokenizer its checkpoints come with ("wordpiece", ...).
     logical_axes: the logical axis names its parameters carry (see `layers.LOGICAL_AXES`).
     hf: its Hugging Face format.
@@ -248,6 +252,8 @@ class Family:
     encoder_key: str
     layers_path: tuple[str, ...]
     optional_encoder_params: tuple[str, ...]
+    below_layers: tuple[str, ...]
+    above_layers: tuple[str, ...]
     tokenizer: str
     logical_axes: tuple[str, ...]
     hf: HFFormat
@@ -266,6 +272,28 @@ class Family:
         if kind != self.tokenizer:
             raise InputError(f"{source} is a {kind} tokenizer, but model family {self.name!r} takes "
                              f"{self.tokenizer} tokenizers")
+
+    def depth(self, path: str, num_layers: int) -> int | tuple[int, ...]:
+        """Where the parameter at `path` ("/"-joined) sits in a model of `num_layers` layers,
+        counted as ELECTRA's layer-wise learning-rate decay counts: 0 below the first layer
+        (`below_layers`), l in layer l (1-based), num_layers + 1 right above the last
+        (`above_layers`), num_layers + 2 elsewhere (the task heads). A scanned layer stack's
+        parameters get one depth per layer along their leading axis (a tuple). Parameters
+        of a model nested under a top-level key (ELECTRA pretraining's generator) count
+        like the top model's at the same relative path."""
+        keys = tuple(path.split("/"))
+        n = len(self.layers_path)
+        for rest in (keys, keys[1:]):
+            if rest[:n] == self.layers_path and len(rest) > n:
+                if rest[n] == "layers":
+                    return tuple(range(self.first_scanned_layer + 1, num_layers + 1))
+                return int(rest[n].removeprefix("layer_")) + 1
+            joined = "/".join(rest)
+            if any(joined.startswith(prefix + "/") for prefix in self.below_layers):
+                return 0
+            if any(joined.startswith(prefix + "/") for prefix in self.above_layers):
+                return num_layers + 1
+        return num_layers + 2
 
     @property
     def architectures(self) -> dict[str, type[nn.Module]]:
