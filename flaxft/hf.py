@@ -181,6 +181,16 @@ def params_from_state_dict(
     return traverse_util.unflatten_dict(flat)
 
 
+def saved_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """The model whose weights a Hugging Face folder holds, its weights left unread:
+    config.json's architecture, or the bare encoder for a head flaxft does not have.
+    `overrides` set config fields."""
+    hf = read_hf_config(path)
+    family, config = config_from_hf(hf, str(Path(path) / "config.json"), **overrides)
+    architecture = (hf.get("architectures") or [None])[0]
+    return family.hf_architectures.get(architecture, family.heads["encoder"])(config)
+
+
 def from_pretrained(
     path: str | os.PathLike, architecture: str | None = None, seed: int = 0, **overrides: Any
 ) -> tuple[nn.Module, dict]:
@@ -193,14 +203,11 @@ def from_pretrained(
     """
     hf = read_hf_config(path)
     source = str(Path(path) / "config.json")
-    family, config = config_from_hf(hf, source, **overrides)
-    base = family.heads["encoder"].__name__
-    saved_architecture = (hf.get("architectures") or [base])[0]
-    architecture = architecture or saved_architecture
+    saved = saved_model(path, **overrides)
+    family, config, saved_architecture = family_of(saved), saved.config, type(saved).__name__
+    architecture = architecture or (hf.get("architectures") or [saved_architecture])[0]
     if architecture not in family.hf_architectures:
         raise InputError(f"{source}: architecture {architecture!r} is not one of {sorted(family.hf_architectures)}")
-    if saved_architecture not in family.hf_architectures:
-        saved_architecture = base  # a head flaxft does not have: read the encoder
     state, weights_file = read_state_dict(path)
     params = params_from_state_dict(state, family, config, saved_architecture, weights_file)
     model = family.architectures[architecture](config)

@@ -15,7 +15,7 @@ from flaxft.models.bert import (
 )
 from flaxft.models.family import HEAD_ROLES, EncoderOutput, Family, ModelConfig
 from flaxft.models.layers import LOGICAL_AXES
-from flaxft.models.params import abstract_params, fit_params, init_params, restack
+from flaxft.models.params import abstract_params, fit_params, init_params, new_params, restack
 from flaxft.models.registry import ARCHITECTURES, FAMILIES, family_for_model_type, family_named, family_of
 
 __all__ = [
@@ -39,5 +39,6 @@ __all__ = [
     "family_of",
     "fit_params",
     "init_params",
+    "new_params",
     "restack",
 ]

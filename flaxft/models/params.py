@@ -78,6 +78,15 @@ def _restacked(params: dict, path: tuple[str, ...], scan_layers: bool, first: in
     return _replaced(params, path, new_stack)
 
 
+def new_params(params: dict, model: nn.Module) -> frozenset[str]:
+    """The "/"-joined paths of `model`'s parameters that `params` (any head of its family,
+    either layout; arrays or ShapeDtypeStructs) lacks: those `fit_params` initialises
+    afresh (a new head, BERT's pooler after a masked-LM checkpoint). Only shapes are used."""
+    source = jax.eval_shape(lambda p: restack(nn.meta.unbox(p), model, model.config.scan_layers), params)
+    target = traverse_util.flatten_dict(abstract_params(model), sep="/")
+    return frozenset(target) - frozenset(traverse_util.flatten_dict(source, sep="/"))
+
+
 def fit_params(params: dict, model: nn.Module, seed: int = 0) -> dict:
     """`params` (any head of `model`'s family, either layout) refitted to `model`.
 
