@@ -213,8 +213,9 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048, pad_fract
     rng = jax.random.key(config.seed)
     with sharding.activated(mesh, run.rules):
         started = time.perf_counter()
-        state_shardings, _ = loop.abstract_state(model, run.tx, mesh, run.rules, rng, config.seq_len)
-        state = jax.block_until_ready(loop.init_train_state(model, run.tx, rng, config.seq_len, state_shardings))
+        state_shardings, _ = loop.abstract_state(model, run.tx, mesh, run.rules, rng, config.seq_len, run.trainable)
+        state = jax.block_until_ready(loop.init_train_state(model, run.tx, rng, config.seq_len, state_shardings,
+                                                            trainable=run.trainable))
         init_s = time.perf_counter() - started
 
         batch_sharding = sharding.batch_sharding(mesh)
@@ -222,7 +223,8 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048, pad_fract
         host_batch = synthetic_batch(config, local_rows, seed=config.seed + jax.process_index(),
                                      pad_fraction=pad_fraction)
         batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in host_batch.items()}
-        step_fn = loop.jit_train_step(config, model, run.tx, run.task, state_shardings, batch_sharding)
+        step_fn = loop.jit_train_step(config, model, run.tx, run.task, state_shardings, batch_sharding, run.trainable,
+                                      run.learning_rate_groups)
         started = time.perf_counter()
         compiled = step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - started

@@ -40,6 +40,10 @@ def default_config() -> ml_collections.ConfigDict:
     # (the schedule's shape, not its size: Composer's DecoupledAdamW) instead of by lr_t * weight_decay,
     # so weight_decay is far smaller (ModernBERT: 1e-5)
     c.grad_clip_norm = 1.0  # global-norm clipping; 0 turns it off
+    c.layerwise_lr_decay = 1.0  # in (0, 1]; 1 = off. ELECTRA's layer-wise decay: each parameter's rate is
+    # learning_rate * decay^(L + 2 - depth): depth 0 embeddings, l layer l of L, L + 1 pooler/final norm, L + 2 heads
+    c.freeze = ""  # a regex: parameters whose "/"-joined path it matches (re.search) are held fixed, with no
+    # gradient and no optimizer state, e.g. "embeddings/" or "encoder/layer_[0-5]/"; "" trains everything
 
     c.log_every_steps = 10
     c.eval_every_steps = 200
@@ -169,6 +173,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_schedule(config)
     if config.decoupled_weight_decay and config.optimizer == "lamb":
         raise InputError("config.decoupled_weight_decay is for config.optimizer 'adamw' or 'stable_adamw', not 'lamb'")
+    if not 0 < config.layerwise_lr_decay <= 1:
+        raise InputError(f"config.layerwise_lr_decay must be in (0, 1] (1 = off), got {config.layerwise_lr_decay}")
     if not 0 < config.data.mask_rate < 1:
         raise InputError(f"config.data.mask_rate must be in (0, 1), got {config.data.mask_rate}")
     if not 0 < config.data.eval_fraction < 1:

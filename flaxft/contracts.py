@@ -7,7 +7,7 @@ nothing of tasks, data or model families.
 """
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,6 +91,12 @@ class Run:
         afresh; None for a random init.
     write_files: writes the run's own files into the workdir (its tokenizer; process 0,
         once, before training starts).
+    trainable: whether the parameter at a "/"-joined path trains (`flaxft.optim.trainable`);
+        the others are held fixed, with no gradient and no optimizer state (`tx` sees the
+        trainable ones only). None: every parameter trains.
+    learning_rate_groups: parameters whose learning rate is `learning_rate` times a
+        multiplier (layer-wise decay's embeddings), by name; the train step logs each as
+        `learning_rate_<name>`.
     """
 
     config: ml_collections.ConfigDict
@@ -104,3 +110,5 @@ class Run:
     evaluation: Evaluation
     init_params: Callable[[], Any] | None = None
     write_files: Callable[[Path], None] | None = None
+    trainable: Callable[[str], bool] | None = None
+    learning_rate_groups: Mapping[str, float] = dataclasses.field(default_factory=dict)

@@ -12,9 +12,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from flaxft import checkpoint, hf, optim, sharding
 from flaxft import config as config_lib
@@ -23,7 +25,7 @@ from flaxft.data import Features, FinetuneLoader, concat_outputs, load_tokenizer
 from flaxft.data.tokenizer import copy_tokenizer_files, tokenizer_kind
 from flaxft.errors import InputError
 from flaxft.files import PathKind, kind_of, write_text_atomically
-from flaxft.models import Family, ModelConfig, abstract_params, family_named, family_of
+from flaxft.models import Family, ModelConfig, abstract_params, family_named, family_of, new_params
 from flaxft.tasks import FINETUNE_TASKS, FinetuneTask, from_config
 
 EVAL_RESULTS = "eval_results.json"
@@ -57,12 +59,12 @@ class WholeSplit:
         return scores
 
 
-def source_model(path: str) -> tuple[Family, ModelConfig]:
-    """The family and model config of `init_from`: a Hugging Face folder or a flaxft checkpoint."""
+def source_model(path: str) -> nn.Module:
+    """The model whose weights `init_from` holds (a Hugging Face folder or a flaxft
+    checkpoint); no weights are read."""
     if kind_of(path) is PathKind.HF_FOLDER:
-        return hf.config_from_hf(hf.read_hf_config(path), str(Path(path) / "config.json"))
-    model = checkpoint.model_of(path)
-    return family_of(model), model.config
+        return hf.saved_model(path)
+    return checkpoint.model_of(path)
 
 
 def tokenizer_source(config: ml_collections.ConfigDict) -> Path:
@@ -80,11 +82,20 @@ def tokenizer_source(config: ml_collections.ConfigDict) -> Path:
     return found
 
 
-def base_model(config: ml_collections.ConfigDict) -> tuple[Family, ModelConfig]:
-    """init_from's family and model config, else config.model's."""
-    if config.init_from:
-        return source_model(config.init_from)
+def base_model(config: ml_collections.ConfigDict, source: nn.Module | None) -> tuple[Family, ModelConfig]:
+    """The family and model config of `source` (init_from's `source_model`), else config.model's."""
+    if source is not None:
+        return family_of(source), source.config
     return family_named(config.model.family), config_lib.model_config(config)
+
+
+def new_paths(source: nn.Module | None, model: nn.Module) -> frozenset[str]:
+    """The paths of `model`'s parameters that `source` (init_from's `source_model`) does not
+    provide, so they start afresh: the task's head; every one without a source. From
+    abstract shapes only."""
+    if source is None:
+        return frozenset(traverse_util.flatten_dict(abstract_params(model), sep="/"))
+    return new_params(abstract_params(source), model)
 
 
 def fitted_model_config(config: ml_collections.ConfigDict, base: ModelConfig, num_labels: int,
@@ -109,7 +120,8 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     task = from_config(FINETUNE_TASKS[config.task.name], config.task)
     tokenizer_dir = tokenizer_source(config)
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    model_family, base = base_model(config)
+    source = source_model(config.init_from) if config.init_from else None
+    model_family, base = base_model(config, source)
     if config.data.tokenizer:  # a checkpoint's own tokenizer is its own business (klue/roberta-base: WordPiece)
         model_family.check_tokenizer(tokenizer_kind(tokenizer), str(tokenizer_dir))
     task_data = task.build(tokenizer, config.seq_len, train_file=config.task.train_file,
@@ -130,11 +142,13 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         config.num_train_steps = math.ceil(config.task.epochs * len(task_data.train) / config.global_batch_size)
     mesh, rules = sharding.mesh_for(config.mesh, abstract_params(model, boxed=True), config.global_batch_size,
                                     config.grad_accum_steps)
+    tx, trainable, learning_rate_groups = optim.for_model(config, abstract_params(model), model_family.depth,
+                                                          model.config.num_hidden_layers, new_paths(source, model))
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
     eval_loader = FinetuneLoader(task_data.validation.arrays, config.global_batch_size, shuffle=False, **hosts)
     return Run(
-        config=config, workdir=workdir, task=task, model=model, tx=optim.make_optimizer(config), mesh=mesh,
-        rules=rules,
+        config=config, workdir=workdir, task=task, model=model, tx=tx, mesh=mesh, rules=rules,
+        trainable=trainable, learning_rate_groups=learning_rate_groups,
         train_loader=FinetuneLoader(task_data.train.arrays, config.global_batch_size, config.seed, **hosts),
         evaluation=WholeSplit(task, task_data.validation, eval_loader, workdir),
         init_params=checkpoint.init_params_for(workdir, config.init_from, model, config.seed),

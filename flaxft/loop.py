@@ -13,6 +13,7 @@ dispatching the next step never waits for the last. It knows the run's contracts
 import functools
 import math
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,27 +65,35 @@ def train_step(
     seed: int,
     grad_accum_steps: int,
     skip_nonfinite: bool,
+    trainable: Callable[[str], bool] | None = None,
+    learning_rate_groups: Mapping[str, float] = {},
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a global batch, accumulating gradients over microbatches.
 
     batch: the task's fields, each with leading dimension G (global batch size).
     skip_nonfinite: drop the update (params and optimizer state unchanged) when the loss
     or the gradients are not finite.
+    trainable: which parameters train (by path; None: all). Gradients, their norm and the
+    update cover those only (`tx` and the optimizer state see just them); the others stay
+    as they are.
     Returns the new state and scalar metrics: the task's, grad_norm, learning_rate,
-    nonfinite (1.0 when this step's loss or gradients were not finite), skipped_steps.
+    learning_rate_<name> per entry of `learning_rate_groups` (learning_rate times its
+    multiplier), nonfinite (1.0 when this step's loss or gradients were not finite),
+    skipped_steps.
     """
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     norm = task.normalizers(batch)
+    trained, frozen = optim.split(state.params, trainable)
 
     def grads_and_metrics(microbatch: Batch, dropout_rng: jax.Array):
         def loss_fn(params):
             out = model.apply(
-                {"params": params}, **task.model_inputs(microbatch), deterministic=False,
+                {"params": optim.merge(params, frozen)}, **task.model_inputs(microbatch), deterministic=False,
                 rngs={"dropout": dropout_rng},
             )
             return task.loss_and_metrics(out, microbatch, norm)
 
-        (_, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
         return grads, step_metrics
 
     if grad_accum_steps == 1:
@@ -102,21 +111,24 @@ def train_step(
 
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(step_metrics["loss"]) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    params = optax.apply_updates(trained, updates)
     skipped = state.skipped
     if skip_nonfinite:
         keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
-        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        params, opt_state = keep(params, trained), keep(opt_state, state.opt_state)
         skipped = skipped + (~finite).astype(jnp.int32)
+    learning_rate = schedule(state.step)
     step_metrics = {
         **step_metrics,
         "grad_norm": grad_norm,
-        "learning_rate": schedule(state.step),
+        "learning_rate": learning_rate,
+        **{f"learning_rate_{name}": learning_rate * scale for name, scale in learning_rate_groups.items()},
         "nonfinite": (~finite).astype(jnp.float32),
         "skipped_steps": skipped.astype(jnp.float32),
     }
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, skipped=skipped)
+    new_state = state.replace(step=state.step + 1, params=optim.merge(params, frozen), opt_state=opt_state,
+                              skipped=skipped)
     return new_state, step_metrics
 
 
@@ -129,40 +141,46 @@ def eval_step(params: Any, batch: Batch, *, model: nn.Module, task: Task) -> dic
 # ----------------------------------------------------------------------------- state
 
 
-def _init_boxed(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, seq_len: int) -> TrainState:
+def _init_boxed(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, seq_len: int,
+                trainable: Callable[[str], bool] | None) -> TrainState:
     params = init_params(model, rng, seq_len)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), skipped=jnp.zeros((), jnp.int32)
-    )
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(optim.split(params, trainable)[0]), skipped=jnp.zeros((), jnp.int32))
 
 
 def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, rules: tuple,
-                   rng: jax.Array, seq_len: int) -> tuple[TrainState, TrainState]:
+                   rng: jax.Array, seq_len: int,
+                   trainable: Callable[[str], bool] | None = None) -> tuple[TrainState, TrainState]:
     """(shardings, abstract state): where every leaf of the train state lives, from
-    abstract shapes and the model's logical axis names; nothing is allocated."""
-    abstract = jax.eval_shape(functools.partial(_init_boxed, model, tx, seq_len=seq_len), rng)
+    abstract shapes and the model's logical axis names; nothing is allocated. The
+    optimizer state covers the `trainable` parameters only (by path; None: all)."""
+    abstract = jax.eval_shape(functools.partial(_init_boxed, model, tx, seq_len=seq_len, trainable=trainable), rng)
     return sharding.logical_shardings(abstract, mesh, rules), nn.meta.unbox(abstract)
 
 
 def init_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, seq_len: int,
-                     shardings: TrainState, params: Any = None) -> TrainState:
+                     shardings: TrainState, params: Any = None,
+                     trainable: Callable[[str], bool] | None = None) -> TrainState:
     """A fresh train state created directly into `shardings` (never whole on one device);
-    with `params` (from init_from), those parameters placed there instead of random ones."""
+    with `params` (from init_from), those parameters placed there instead of random ones.
+    The optimizer state covers the `trainable` parameters only (as in `abstract_state`)."""
     if params is None:
-        init = functools.partial(_init_boxed, model, tx, seq_len=seq_len)
+        init = functools.partial(_init_boxed, model, tx, seq_len=seq_len, trainable=trainable)
         return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
     params = jax.device_put(params, shardings.params)
-    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    opt_state = jax.jit(lambda p: tx.init(optim.split(p, trainable)[0]), out_shardings=shardings.opt_state)(params)
     step, skipped = (jax.device_put(np.zeros((), np.int32), shardings.step) for _ in range(2))
     return TrainState(step=step, params=params, opt_state=opt_state, skipped=skipped)
 
 
 def jit_train_step(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation,
-                   task: Task, state_shardings: TrainState, batch_sharding: jax.sharding.Sharding):
+                   task: Task, state_shardings: TrainState, batch_sharding: jax.sharding.Sharding,
+                   trainable: Callable[[str], bool] | None = None, learning_rate_groups: Mapping[str, float] = {}):
     """`train_step` for this config, jitted with explicit shardings and the state donated."""
     step = functools.partial(
         train_step, model=model, tx=tx, task=task, schedule=optim.learning_rate_schedule(config), seed=config.seed,
-        grad_accum_steps=config.grad_accum_steps, skip_nonfinite=config.on_nonfinite == "skip",
+        grad_accum_steps=config.grad_accum_steps, skip_nonfinite=config.on_nonfinite == "skip", trainable=trainable,
+        learning_rate_groups=learning_rate_groups,
     )
     return jax.jit(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
                    donate_argnums=0)
@@ -240,14 +258,14 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
     config, model = run.config, run.model
     is_writer = jax.process_index() == 0
     rng = jax.random.key(config.seed)
-    state_shardings, abstract = abstract_state(model, run.tx, run.mesh, run.rules, rng, config.seq_len)
+    state_shardings, abstract = abstract_state(model, run.tx, run.mesh, run.rules, rng, config.seq_len, run.trainable)
     restored = None
     if ckpt is not None:
         restored = ckpt.restore_latest(with_shardings(abstract, state_shardings), model, config.checkpoint.fallback)
     if restored is None:
         params = run.init_params() if run.init_params is not None else None
         _write_workdir(run)
-        state = init_train_state(model, run.tx, rng, config.seq_len, state_shardings, params)
+        state = init_train_state(model, run.tx, rng, config.seq_len, state_shardings, params, run.trainable)
         start = 0
     else:
         _write_workdir(run)
@@ -260,14 +278,16 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
         report.truncate_metrics(run.workdir, start)
 
     batch_sharding = sharding.batch_sharding(run.mesh)
-    step_fn = jit_train_step(config, model, run.tx, run.task, state_shardings, batch_sharding)
+    step_fn = jit_train_step(config, model, run.tx, run.task, state_shardings, batch_sharding, run.trainable,
+                             run.learning_rate_groups)
     eval_fn = jax.jit(functools.partial(eval_step, model=model, task=run.task),
                       in_shardings=(state_shardings.params, batch_sharding))
     to_global = functools.partial(_to_global, batch_sharding=batch_sharding)
     t0 = time.monotonic()
     step_fn = step_fn.lower(state, to_global(run.train_loader.get_batch(start))).compile()
     if is_writer:
-        print(f"{type(model).__name__}: {_count(state.params):,} parameters; "
+        total, trains = _count(abstract.params), _count(optim.split(abstract.params, run.trainable)[0])
+        print(f"{type(model).__name__}: {trains:,} of {total:,} parameters train ({trains / total:.1%}); "
               f"{sharding.describe(run.mesh, abstract, state_shardings)}")
         print(f"train step compiled in {time.monotonic() - t0:.1f}s")
     if jax.process_count() > 1:

@@ -1,16 +1,25 @@
 """Optimizers for encoders: AdamW, StableAdamW or LAMB; warmup then linear, cosine or
 warmup-stable-decay schedules; global-norm clipping; weight decay (optionally decoupled from
-the learning rate) off biases and LayerNorm parameters."""
+the learning rate) off biases and LayerNorm parameters; layer-wise learning-rate decay; and
+which parameters train (freezing).
 
-from collections.abc import Callable
+Parameters are named by their "/"-joined paths (`encoder/layer_0/attention/query/kernel`).
+The optimizer sees the trainable parameters only (`split`): frozen ones have no state."""
+
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+from flax import traverse_util
 
 from flaxft.errors import InputError
+
+ADAPTER_PREFIX = "lora_"  # how adapter parameters' names start (LoRA's lora_a, lora_b)
 
 NO_DECAY_LEAVES = ("bias", "scale")  # Dense/LayerNorm biases and LayerNorm scales
 
@@ -156,10 +165,17 @@ def fused_adamw(
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict,
+                   lr_scales: Mapping[str, float | np.ndarray] | None = None) -> optax.GradientTransformation:
     """The configured optimizer, clipping first when `grad_clip_norm` > 0: AdamW or
     StableAdamW (fused_adamw), with weight decay decoupled from the learning rate when
-    `decoupled_weight_decay`, or LAMB."""
+    `decoupled_weight_decay`, or LAMB; each parameter's step times its `lr_scales` entry
+    (`scale_updates`; layer-wise learning-rate decay)."""
+    optimizer = _optimizer(config)
+    return scale_updates(optimizer, lr_scales) if lr_scales else optimizer
+
+
+def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(config)
     kwargs = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                   weight_decay=config.weight_decay, mask=weight_decay_mask)
@@ -171,3 +187,123 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     return optimizer
+
+
+def scale_updates(tx: optax.GradientTransformation,
+                  scales: Mapping[str, float | np.ndarray]) -> optax.GradientTransformation:
+    """`tx` with the update of each parameter named in `scales` (by path) multiplied by its
+    scale: a float, or an array broadcasting against the parameter ([n, 1, ...]: one scale
+    per layer of a scanned stack). The whole step scales, weight decay included (as
+    ELECTRA's layer-wise decay does). The state is `tx`'s, so checkpoints carry over."""
+
+    def update(updates, state, params=None):
+        updates, state = tx.update(updates, state, params)
+
+        def one(key_path, u):
+            scale = scales.get("/".join(str(k.key) for k in key_path))
+            return u if scale is None else u * jnp.asarray(scale, u.dtype)
+
+        return jax.tree_util.tree_map_with_path(one, updates), state
+
+    return optax.GradientTransformation(tx.init, update)
+
+
+Depth = Callable[[str, int], int | tuple[int, ...]]  # (path, num_layers) -> depth: `flaxft.models.Family.depth`
+
+
+def layerwise_lr_scales(params: dict, depth: Depth, num_layers: int, decay: float) -> dict[str, float | np.ndarray]:
+    """ELECTRA's layer-wise learning-rate decay: each parameter's learning rate is
+    `decay ** (num_layers + 2 - depth(path, num_layers))` times the base, by path (depth 0:
+    embeddings, l: layer l, num_layers + 1: pooler, num_layers + 2: heads, which keep the
+    base rate). A stacked layer's depths (a tuple, one per layer of its leading axis) give
+    an array [n, 1, ...] of scales. Empty when decay is 1 (off).
+
+    params: the model's parameters (ShapeDtypeStructs will do)."""
+    if decay == 1.0:
+        return {}
+    scales = {}
+    for path, leaf in traverse_util.flatten_dict(params, sep="/").items():
+        where = depth(path, num_layers)
+        if isinstance(where, tuple):
+            if len(where) != leaf.shape[0]:
+                raise ValueError(f"{path}: {len(where)} layer depths for a stack of {leaf.shape[0]}")
+            scales[path] = (decay ** (num_layers + 2 - np.asarray(where, np.float64))).astype(np.float32).reshape(
+                (-1,) + (1,) * (leaf.ndim - 1))
+        else:
+            scales[path] = decay ** (num_layers + 2 - where)
+    return scales
+
+
+# ----------------------------------------------------------------------------- freezing
+
+
+def trainable(freeze: str = "", adapters_only: bool = False,
+              new_paths: frozenset[str] = frozenset()) -> Callable[[str], bool]:
+    """Whether the parameter at a "/"-joined path trains.
+
+    freeze: a regular expression; parameters whose path it matches (`re.search`) are held
+        fixed ("" freezes nothing). InputError naming config.freeze when it does not compile.
+    adapters_only: only adapters train (names starting with ADAPTER_PREFIX), and the
+        parameters in `new_paths` (those init_from did not provide: a new head), LoRA's
+        rule; `freeze` applies on top.
+    """
+    try:
+        pattern = re.compile(freeze) if freeze else None
+    except re.error as e:
+        raise InputError(f"config.freeze {freeze!r} is not a regular expression ({e})") from None
+
+    def trains(path: str) -> bool:
+        if pattern is not None and pattern.search(path):
+            return False
+        return not adapters_only or path in new_paths or path.rsplit("/", 1)[-1].startswith(ADAPTER_PREFIX)
+
+    return trains
+
+
+def check_trainable(trains: Callable[[str], bool], params: dict, freeze: str) -> None:
+    """InputError naming config.freeze when `freeze` matches none of `params`' paths, or when
+    no parameter trains."""
+    paths = list(traverse_util.flatten_dict(params, sep="/"))
+    if freeze and not any(re.search(freeze, path) for path in paths):
+        raise InputError(f"config.freeze {freeze!r} matches no parameter (paths look like {paths[0]})")
+    if not any(trains(path) for path in paths):
+        raise InputError(f"config.freeze {freeze!r} leaves no parameter to train")
+
+
+def split(params: dict, trains: Callable[[str], bool] | None) -> tuple[dict, dict]:
+    """(trainable, frozen): `params` (nested dicts, boxed or not) as two trees holding the
+    leaves `trains` says yes and no to (by path); everything trains when `trains` is None."""
+    if trains is None:
+        return params, {}
+    flat = traverse_util.flatten_dict(params, sep="/")
+    trained = {path: leaf for path, leaf in flat.items() if trains(path)}
+    frozen = {path: leaf for path, leaf in flat.items() if path not in trained}
+    return traverse_util.unflatten_dict(trained, sep="/"), traverse_util.unflatten_dict(frozen, sep="/")
+
+
+def merge(trainable_params: dict, frozen: dict) -> dict:
+    """The whole parameter tree again from `split`'s two parts."""
+    if not frozen:
+        return trainable_params
+    flat = traverse_util.flatten_dict(trainable_params, sep="/") | traverse_util.flatten_dict(frozen, sep="/")
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def for_model(config: ml_collections.ConfigDict, params: dict, depth: Depth, num_layers: int,
+              new_paths: frozenset[str] = frozenset()
+              ) -> tuple[optax.GradientTransformation, Callable[[str], bool], dict[str, float]]:
+    """What a setup hands the loop for a model with `params` (ShapeDtypeStructs will do),
+    `num_layers` layers and `depth` (its family's, see `layerwise_lr_scales`), from the
+    config's `freeze` and `layerwise_lr_decay` (InputError naming config.freeze when it
+    cannot work):
+
+    - the optimizer (`make_optimizer`), with layer-wise decay;
+    - which parameters train (`trainable`; `new_paths`: those init_from did not provide);
+    - the learning-rate groups to log beside `learning_rate` (the heads' rate): name ->
+      multiplier, {"embeddings": decay ** (num_layers + 2)} with layer-wise decay, else {}.
+    """
+    trains = trainable(config.freeze, new_paths=new_paths)
+    check_trainable(trains, params, config.freeze)
+    decay = config.layerwise_lr_decay
+    tx = make_optimizer(config, layerwise_lr_scales(params, depth, num_layers, decay))
+    return tx, trains, ({"embeddings": decay ** (num_layers + 2)} if decay < 1 else {})

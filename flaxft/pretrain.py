@@ -107,12 +107,14 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
                          f"{model.config.pad_token_id}")
     mesh, rules = sharding.mesh_for(config.mesh, abstract_params(model, boxed=True), config.global_batch_size,
                                     config.grad_accum_steps)
+    tx, trainable, learning_rate_groups = optim.for_model(config, abstract_params(model), model_family.depth,
+                                                          model.config.num_hidden_layers)
     init_params = checkpoint.init_params_for(workdir, config.init_from, model, config.seed)
     train_loader, eval_loader = loaders(config, workdir, documents, tokenizer)
     return Run(
-        config=config, workdir=workdir, task=task, model=model, tx=optim.make_optimizer(config), mesh=mesh,
-        rules=rules, train_loader=train_loader, evaluation=MeanOverBatches(eval_loader, config.eval_batches, task),
-        init_params=init_params,
+        config=config, workdir=workdir, task=task, model=model, tx=tx, mesh=mesh, rules=rules,
+        train_loader=train_loader, evaluation=MeanOverBatches(eval_loader, config.eval_batches, task),
+        init_params=init_params, trainable=trainable, learning_rate_groups=learning_rate_groups,
         write_files=checkpoint.run_files_writer(write_tokenizer, config.init_from),
     )
 

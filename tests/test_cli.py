@@ -104,3 +104,17 @@ def test_every_config_file_is_valid(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config_lib.validate(module.get_config())
+
+
+@pytest.mark.slow
+def test_a_freeze_regex_that_matches_no_parameter_exits_2_naming_config_freeze(tmp_path, task_files, minilm_dir):
+    work = tmp_path / "work"
+    result = run("-m", "flaxft.main", "--config", "configs/finetune_classification.py", "--workdir", str(work),
+                 f"--config.init_from={minilm_dir}", f"--config.task.train_file={task_files}/classification/train.csv",
+                 f"--config.task.validation_file={task_files}/classification/validation.csv",
+                 "--config.freeze=encoder/layer_9/")
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: config.freeze 'encoder/layer_9/' matches no parameter (paths look like "
+        "bert/embeddings/LayerNorm/bias)"]
+    assert not work.exists()

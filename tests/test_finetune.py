@@ -1,23 +1,37 @@
 """Fine-tuning end to end: the real MiniLM checkpoint on a local task made from local text,
 transfer beats random init, export to transformers predicts the same labels; NER and QA
-runs produce their metrics and predictions."""
+runs produce their metrics and predictions; frozen parameters and layer-wise decay in
+real runs."""
 
 import csv
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import flax.linen as nn
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import torch
 import transformers
+from flax import traverse_util
 
+from flaxft import checkpoint, convert, finetune, loop, report, sharding, train
 from flaxft import config as config_lib
-from flaxft import convert, finetune, train
 from flaxft.data import load_tokenizer
 from flaxft.data.tokenizer import TOKENIZER_FILES
 from flaxft.errors import InputError
+from flaxft.models import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    abstract_params,
+    init_params,
+)
 from flaxft.tasks import classification
 from tests.tiny import set_dotted
 
@@ -364,3 +378,130 @@ def test_fine_tuning_keeps_the_dropout_rates_config_model_leaves_unset():
     assert (fitted.classifier_dropout, fitted.hidden_dropout_prob) == (0.3, 0.1)  # config.model's 0.1
     config.model.classifier_dropout = 0.05
     assert finetune.fitted_model_config(config, modernbert, 2, ()).classifier_dropout == 0.05
+
+
+# ----------------------------------------------------------------------------- freezing, layer-wise decay
+
+
+def test_new_paths_from_a_hugging_face_folder_and_a_flaxft_checkpoint(tmp_path, minilm_dir):
+    """What init_from leaves to start afresh, from shapes alone, in the run's layer layout:
+    MiniLM's folder (a BertModel, pooler included) lacks only the classifier; a scanned
+    flaxft masked-LM checkpoint lacks the classifier and the pooler too."""
+    source = finetune.source_model(str(minilm_dir))
+    assert type(source).__name__ == "BertModel"
+    for scan_layers in (False, True):
+        model = BertForSequenceClassification(source.config.replace(num_labels=3, scan_layers=scan_layers))
+        assert finetune.new_paths(source, model) == {"classifier/bias", "classifier/kernel"}
+    small = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=8)
+    masked_lm = BertForMaskedLM(small.replace(scan_layers=True))
+    zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_params(masked_lm))
+    checkpoint.save_model(tmp_path / "ckpt", masked_lm, zeros)
+    source = finetune.source_model(str(tmp_path / "ckpt"))
+    model = BertForSequenceClassification(small)
+    assert finetune.new_paths(source, model) == {"classifier/bias", "classifier/kernel", "bert/pooler/bias",
+                                                 "bert/pooler/kernel"}
+    assert finetune.new_paths(None, model) == set(traverse_util.flatten_dict(abstract_params(model), sep="/"))
+
+
+FIVE_CLASSES = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, initializer_range=0.2, num_labels=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory, minilm_dir) -> Path:
+    """A flaxft checkpoint of a random 2-layer, 32-wide BERT classifier of 5 classes with
+    MiniLM's tokenizer: init_from for the runs below (every parameter provided)."""
+    model = BertForSequenceClassification(FIVE_CLASSES)
+    folder = tmp_path_factory.mktemp("tiny_source") / "ckpt"
+    params = jax.jit(lambda: nn.meta.unbox(init_params(model, jax.random.key(7))))()
+    checkpoint.save_model(folder, model, params, source_dir=str(minilm_dir))
+    return folder
+
+
+def _first_step(config, workdir: Path) -> tuple[dict, dict, dict]:
+    """A fine-tuning run's parameters before and after its first step, and its metrics."""
+    run = finetune.setup(config, workdir)
+    try:
+        with sharding.activated(run.mesh, run.rules):
+            rng, seq_len = jax.random.key(config.seed), run.config.seq_len
+            shardings, _ = loop.abstract_state(run.model, run.tx, run.mesh, run.rules, rng, seq_len, run.trainable)
+            state = loop.init_train_state(run.model, run.tx, rng, seq_len, shardings, run.init_params(), run.trainable)
+            before = jax.device_get(state.params)
+            batches = sharding.batch_sharding(run.mesh)
+            step = loop.jit_train_step(run.config, run.model, run.tx, run.task, shardings, batches, run.trainable,
+                                       run.learning_rate_groups)
+            batch = {k: jax.make_array_from_process_local_data(batches, v)
+                     for k, v in run.train_loader.get_batch(0).items()}
+            state, metrics = step(state, batch)
+            return before, jax.device_get(state.params), jax.device_get(metrics)
+    finally:
+        run.train_loader.close()
+
+
+@pytest.mark.slow
+def test_layerwise_decay_scales_each_groups_first_step_in_a_real_run(tmp_path, task_files, tiny_source):
+    """The first step of a fine-tuning run (scanned layers) with layerwise_lr_decay 0.5 moves
+    each parameter by its multiplier (0.5^(L+2-depth): embeddings 1/16, layer 1 1/8, layer 2
+    1/4, pooler 1/2, classifier 1) times what the same step moves it without decay, to the
+    rounding of the parameter; the logged rates say so."""
+    train_file, validation_file = small_classification(task_files, tmp_path, rows=64)
+    common = dict(init_from=str(tiny_source), warmup_steps=0, learning_rate=1e-3, **{"model.scan_layers": True})
+    plain_before, plain_after, plain_metrics = _first_step(
+        classification_config(train_file, validation_file, **common), tmp_path / "plain")
+    before, after, metrics = _first_step(
+        classification_config(train_file, validation_file, layerwise_lr_decay=0.5, **common), tmp_path / "decayed")
+    assert metrics["learning_rate"] == plain_metrics["learning_rate"] == np.float32(1e-3)
+    assert metrics["learning_rate_embeddings"] == np.float32(1e-3 / 16) and "learning_rate_embeddings" not in plain_metrics
+    jax.tree.map(np.testing.assert_array_equal, before, plain_before)
+    multipliers = {"bert/embeddings": 1 / 16, "bert/encoder/layers": np.array([1 / 8, 1 / 4]), "bert/pooler": 1 / 2,
+                   "classifier": 1.0}
+    flat = [traverse_util.flatten_dict(tree, sep="/") for tree in (before, after, plain_after)]
+    for path, start in flat[0].items():
+        multiplier = next(m for prefix, m in multipliers.items() if path.startswith(prefix + "/"))
+        multiplier = np.reshape(multiplier, np.shape(multiplier) + (1,) * (start.ndim - np.ndim(multiplier)))
+        moved, plain_moved = flat[1][path] - start, flat[2][path] - start
+        assert np.abs(plain_moved).max() > 0, path
+        np.testing.assert_allclose(moved, multiplier * plain_moved, rtol=0, atol=np.spacing(np.abs(start).max()),
+                                   err_msg=path)
+
+
+@pytest.mark.slow
+def test_frozen_parameters_stay_put_hold_no_optimizer_state_and_resume_bit_identically(
+        tmp_path, task_files, tiny_source, capsys):
+    """Fine-tuning on an FSDP mesh with the embeddings and layer 0 frozen (and layer-wise
+    decay): those parameters end bit for bit as init_from had them and have no optimizer
+    state in the Orbax checkpoint; every other parameter moved; the start-up line counts
+    what trains; a run resumed from the middle checkpoint ends bit-identical."""
+    train_file, validation_file = small_classification(task_files, tmp_path, rows=64)
+    frozen = "embeddings/|layer_0/"
+    config = classification_config(train_file, validation_file, init_from=str(tiny_source), freeze=frozen,
+                                   layerwise_lr_decay=0.8, num_train_steps=4, checkpoint_every_steps=2,
+                                   eval_every_steps=4, log_every_steps=1,
+                                   **{"mesh.data": 1, "mesh.fsdp": 8, "checkpoint.keep": 5})
+    train.run(config, str(tmp_path / "run"))
+    source = traverse_util.flatten_dict(checkpoint.load_model(tiny_source)[1], sep="/")
+    final = traverse_util.flatten_dict(checkpoint.load_model(tmp_path / "run")[1], sep="/")
+    held = {path for path in source if re.search(frozen, path)}
+    assert held and len(held) < len(source)
+    for path, value in final.items():
+        if path in held:
+            np.testing.assert_array_equal(value, source[path], err_msg=path)
+        else:
+            assert np.any(value != source[path]), path
+    metadata = ocp.StandardCheckpointer().metadata(tmp_path / "run" / "checkpoints" / "4" / "train_state")
+    moments = metadata.item_metadata.tree["opt_state"]
+    for moment in ("mu", "nu"):
+        assert set(traverse_util.flatten_dict(moments[moment], sep="/")) == set(source) - held
+    trains = sum(source[path].size for path in source if path not in held)
+    total = sum(leaf.size for leaf in source.values())
+    assert f"{trains:,} of {total:,} parameters train ({trains / total:.1%})" in capsys.readouterr().out
+    records = [r for r in report.read_metrics(tmp_path / "run") if "loss" in r]
+    assert all(r["learning_rate_embeddings"] == pytest.approx(r["learning_rate"] * 0.8**4) for r in records)
+
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
+    train.run(config, str(tmp_path / "resumed"))
+    resumed = traverse_util.flatten_dict(checkpoint.load_model(tmp_path / "resumed")[1], sep="/")
+    for path, value in final.items():
+        np.testing.assert_array_equal(resumed[path], value, err_msg=path)
+    assert [r["loss"] for r in report.read_metrics(tmp_path / "resumed") if "loss" in r] == [r["loss"] for r in records]

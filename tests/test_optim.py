@@ -1,15 +1,22 @@
 """The fused AdamW against optax's clip + adamw chain, step by step; the learning-rate
-schedules against their formulas and the config rules that guard them."""
+schedules against their formulas and the config rules that guard them; layer-wise
+learning-rate decay per family against hand-made tables; which parameters train."""
+
+import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from flaxft import config as config_lib
 from flaxft import optim
 from flaxft.errors import InputError
+from flaxft.models import abstract_params, family_named
+from tests.tiny import set_dotted
 
 
 def _tree(rng, scale=1.0):
@@ -310,3 +317,168 @@ def test_modernbert_optimizer_recipe_trains_on_an_fsdp_mesh(tmp_path):
     for r in records:  # the rate logged at step s is the one its update used: schedule(s - 1)
         want = _wsd_reference(r["step"] - 1, warmup=5, decay_steps=10, total=30, peak=5e-3, end=0.0)
         assert r["learning_rate"] == pytest.approx(want, rel=1e-5, abs=1e-9), r
+
+
+# ----------------------------------------------------------------------------- layer-wise decay, freezing
+
+
+def _tiny_model(family: str, head: str, scan_layers: bool):
+    """A tiny model of `family` with `head` (tests.tiny's sizes: BERT, RoBERTa and ELECTRA 2
+    layers, ModernBERT 3)."""
+    from tests import tiny
+
+    factory = {"modernbert": tiny.tiny_modernbert_config, "electra": tiny.tiny_electra_config}.get(family,
+                                                                                                   tiny.tiny_config)
+    config = factory(Path("unused"))
+    if family == "roberta":
+        config.model = set_dotted(config_lib.model_defaults("roberta"), dict(config.model.items(), family="roberta"))
+        config.model.pad_token_id = 1
+    return family_named(family).architecture(head)(config_lib.model_config(config, scan_layers=scan_layers))
+
+
+# Each family's depths by hand (ELECTRA's rule, L layers): parameters under a prefix sit at
+# its depth; the longest prefix wins; a tuple is a scanned stack's depth per layer.
+BERT_DEPTHS = {"bert/embeddings": 0, "bert/encoder/layer_0": 1, "bert/encoder/layer_1": 2,
+               "bert/encoder/layers": (1, 2), "bert/pooler": 3, "classifier": 4}
+HAND_DEPTHS = {
+    ("bert", "sequence_classification"): BERT_DEPTHS,
+    ("bert", "pretraining"): {**BERT_DEPTHS, "mlm": 4, "nsp": 4},
+    ("roberta", "sequence_classification"): {k.replace("bert/", "roberta/"): v for k, v in BERT_DEPTHS.items()},
+    ("electra", "sequence_classification"): {
+        "electra/embeddings": 0, "electra/embeddings_project": 0, "electra/encoder/layer_0": 1,
+        "electra/encoder/layer_1": 2, "electra/encoder/layers": (1, 2), "classifier": 4},
+    ("electra", "pretraining"): {  # the generator's layers count like the discriminator's
+        "electra/embeddings": 0, "electra/embeddings_project": 0, "electra/encoder/layer_0": 1,
+        "electra/encoder/layer_1": 2, "generator/electra/encoder/layer_0": 1, "generator/electra/encoder/layer_1": 2,
+        "generator": 4, "discriminator_predictions": 4},
+    ("modernbert", "sequence_classification"): {  # layer 0 stays unrolled when scanned
+        "model/embeddings": 0, "model/layers/layer_0": 1, "model/layers/layer_1": 2, "model/layers/layer_2": 3,
+        "model/layers/layers": (2, 3), "model/final_norm": 4, "prediction_head": 4, "classifier": 5},
+}
+
+
+def _hand_depth(table: dict, path: str):
+    prefix = max((p for p in table if path.startswith(p + "/")), key=len)
+    return table[prefix]
+
+
+@pytest.mark.parametrize("family, head, scan_layers", [
+    ("bert", "sequence_classification", False), ("bert", "sequence_classification", True),
+    ("electra", "pretraining", False), ("modernbert", "sequence_classification", False),
+    ("modernbert", "sequence_classification", True),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in (
+        ("bert", "pretraining", False), ("roberta", "sequence_classification", False),
+        ("electra", "sequence_classification", False)))])
+def test_layerwise_learning_rates_per_group_by_hand(family, head, scan_layers):
+    """decay 0.5: every parameter's multiplier is 0.5^(L + 2 - depth) with the depth of the
+    hand table (embeddings 0.5^(L+2), layer l 0.5^(L+2-l), pooler / final norm / ModernBERT's
+    prediction head 0.5, heads 1); scanned stacks get one multiplier per layer [n, 1, ...];
+    the logged embeddings group is learning_rate x 0.5^(L+2)."""
+    model = _tiny_model(family, head, scan_layers)
+    layers = model.config.num_hidden_layers
+    params = traverse_util.flatten_dict(abstract_params(model), sep="/")
+    scales = optim.layerwise_lr_scales(abstract_params(model), family_named(family).depth, layers, 0.5)
+    assert set(scales) == set(params)
+    stacked = 0
+    for path, leaf in params.items():
+        depth = _hand_depth(HAND_DEPTHS[family, head], path)
+        if isinstance(depth, tuple):
+            stacked += 1
+            want = (0.5 ** (layers + 2 - np.array(depth, np.float64))).reshape((-1,) + (1,) * (leaf.ndim - 1))
+            np.testing.assert_array_equal(scales[path], want.astype(np.float32), err_msg=path)
+        else:
+            assert scales[path] == 0.5 ** (layers + 2 - depth), path
+    assert (stacked > 0) == scan_layers
+    config = config_lib.default_config()
+    config.update(num_train_steps=10, layerwise_lr_decay=0.5)
+    _, _, groups = optim.for_model(config, abstract_params(model), family_named(family).depth, layers)
+    assert groups == {"embeddings": 0.5 ** (layers + 2)}
+    config.layerwise_lr_decay = 1.0
+    assert optim.for_model(config, abstract_params(model), family_named(family).depth, layers)[2] == {}
+
+
+@pytest.mark.parametrize("name", ["adamw", "stable_adamw", "lamb"])
+def test_layerwise_decay_is_the_optimizer_per_group_times_its_multiplier(name):
+    """With decay, each group's step is the optimizer's step scaled by the group's
+    multiplier, weight decay included: the plain optimizer run on each depth group of a tiny
+    BERT apart (a few parameters of each, as a partly frozen model hands the optimizer),
+    its updates times 0.5^(L + 2 - depth), gives the same parameters over 3 steps to float32
+    rounding (XLA may fold a multiplier into the learning rate first: an ulp or two apart;
+    no clipping: a global norm spans groups)."""
+    model = _tiny_model("bert", "sequence_classification", False)
+    layers = model.config.num_hidden_layers
+    config = config_lib.default_config()
+    config.update(num_train_steps=10, warmup_steps=2, learning_rate=1e-2, grad_clip_norm=0.0, optimizer=name,
+                  layerwise_lr_decay=0.5, weight_decay=0.1)
+    tx, _, _ = optim.for_model(config, abstract_params(model), family_named("bert").depth, layers)
+    some = ("bert/embeddings/word_embeddings/embedding", "bert/embeddings/LayerNorm/scale",
+            "bert/encoder/layer_0/attention/query/kernel", "bert/encoder/layer_1/mlp/output/bias",
+            "bert/pooler/kernel", "classifier/kernel", "classifier/bias")
+    rng = np.random.default_rng(6)
+    params = optim.split(jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.1, p.dtype),
+                                      abstract_params(model)), lambda path: path in some)[0]
+    depth_of = functools.partial(_hand_depth, HAND_DEPTHS["bert", "sequence_classification"])
+    groups = {d: (lambda path, d=d: depth_of(path) == d) for d in range(layers + 3)}
+    plain = optim.make_optimizer(config)
+
+    @jax.jit
+    def reference(grads, states, params):
+        updates, new_states = {}, {}
+        for d, in_group in groups.items():
+            group_updates, new_states[d] = plain.update(optim.split(grads, in_group)[0], states[d],
+                                                        optim.split(params, in_group)[0])
+            updates = optim.merge(updates, jax.tree.map(lambda u, d=d: u * 0.5 ** (layers + 2 - d), group_updates))
+        return updates, new_states
+
+    got, want = params, params
+    state = tx.init(got)
+    reference_states = {d: plain.init(optim.split(params, in_group)[0]) for d, in_group in groups.items()}
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        updates, state = jax.jit(tx.update)(grads, state, got)
+        got = optax.apply_updates(got, updates)
+        updates, reference_states = reference(grads, reference_states, want)
+        want = optax.apply_updates(want, updates)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-8), got, want)
+    moved = jax.tree.map(lambda new, old: float(jnp.abs(new - old).max()), got, params)
+    assert moved["bert"]["embeddings"]["word_embeddings"]["embedding"] < moved["classifier"]["kernel"] / 4
+
+
+def test_trainable_by_regex_and_the_adapters_only_rule():
+    trains = optim.trainable("embeddings/|layer_0/")
+    assert not trains("bert/embeddings/word_embeddings/embedding")
+    assert not trains("bert/encoder/layer_0/attention/query/kernel")
+    assert trains("bert/encoder/layer_1/attention/query/kernel") and trains("classifier/kernel")
+    assert trains("electra/embeddings_project/kernel")  # "embeddings/" is not "embeddings_project/"
+    new = frozenset({"classifier/kernel", "classifier/bias"})
+    lora = optim.trainable("", adapters_only=True, new_paths=new)
+    assert lora("bert/encoder/layer_1/attention/query/lora_a") and lora("classifier/kernel")
+    assert not lora("bert/encoder/layer_1/attention/query/kernel")
+    lora = optim.trainable("layer_0/", adapters_only=True, new_paths=new)  # freeze applies on top
+    assert not lora("bert/encoder/layer_0/attention/query/lora_a") and lora("bert/encoder/layer_1/mlp/lora_b")
+    with pytest.raises(InputError, match=r"config.freeze '\(unclosed' is not a regular expression"):
+        optim.trainable("(unclosed")
+
+
+def test_split_and_merge_by_path_and_the_freeze_checks():
+    model = _tiny_model("bert", "sequence_classification", True)
+    params = abstract_params(model, boxed=True)
+    trains = optim.trainable("embeddings/")
+    trained, frozen = optim.split(params, trains)
+    assert set(frozen["bert"]) == {"embeddings"} and "embeddings" not in trained["bert"]
+    assert "classifier" in trained and "layers" in trained["bert"]["encoder"]
+    assert jax.tree.structure(optim.merge(trained, frozen)) == jax.tree.structure(params)
+    assert optim.split(params, None) == (params, {})
+    optim.check_trainable(trains, params, "embeddings/")
+    with pytest.raises(InputError, match=r"config.freeze 'layer_7/' matches no parameter \(paths look like bert/"):
+        optim.check_trainable(optim.trainable("layer_7/"), params, "layer_7/")
+    with pytest.raises(InputError, match=r"config.freeze '\.' leaves no parameter to train"):
+        optim.check_trainable(optim.trainable("."), params, ".")
+
+
+def test_freeze_and_layerwise_decay_config_rules():
+    config = _schedule_config(layerwise_lr_decay=0.8, freeze="embeddings/")
+    config_lib.validate(config)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(InputError, match=r"config.layerwise_lr_decay must be in \(0, 1\]"):
+            config_lib.validate(_schedule_config(layerwise_lr_decay=bad))
