@@ -297,13 +297,15 @@ class TrainCheckpointer:
         shardings say (a train state of ShapeDtypeStructs); None when there is no step.
 
         A step written for another model config is an InputError listing the fields that
-        differ. An unreadable step (truncated or missing files) is an InputError naming
+        differ, and one holding another optimizer state (other trainable parameters, another
+        optimizer) an InputError saying so. An unreadable step (truncated or missing files) is an InputError naming
         it, unless `fallback`: then it is set aside as `<step>.corrupt` and the step
         before it is tried.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
             path = self.root / str(step)
             self.check_model(step, model)
+            self._check_state_layout(step, target)
             try:
                 with _stderr_dropped_on_error():
                     restored = self.manager.restore(
@@ -336,6 +338,22 @@ class TrainCheckpointer:
         """InputError listing the model config fields in which `step` was written for
         another model than `model` (or naming it when its model record is unreadable)."""
         _check_same_model(self._read_item(step, MODEL_RECORD), model, self.root / str(step))
+
+    def _check_state_layout(self, step: int, target) -> None:
+        """InputError when `step`'s optimizer state has other leaves than `target`'s (config.freeze
+        or config.optimizer changed: restoring would fail as if the step were damaged). A step
+        whose layout cannot be read is left to the restore to judge."""
+        try:
+            saved = _leaf_paths(ocp.StandardCheckpointHandler().metadata(self.root / str(step) / "train_state").tree)
+        except Exception:
+            return
+        wanted = _leaf_paths(_train_state_item(target))
+        if saved != wanted:
+            where, example = ("the checkpoint", min(saved - wanted)) if saved - wanted else (
+                "this run", min(wanted - saved))
+            raise InputError(f"{self.root / str(step)}: its optimizer state is not this run's ({example} is only in "
+                             f"{where}): what trains or the optimizer changed (config.freeze, config.optimizer); "
+                             "resume with the config it was written with, or train in a new workdir")
 
     def saved_config(self, step: int) -> dict:
         """The resolved config (as a dict) that the run which wrote `step` had."""
@@ -384,6 +402,16 @@ def _check_same_model(saved: dict, model: nn.Module, path: Path) -> None:
 
 def _train_state_item(state) -> dict:
     return {"step": state.step, "opt_state": state.opt_state, "skipped": state.skipped}
+
+
+def _leaf_paths(tree) -> set[str]:
+    """The "/"-joined key paths of a pytree's leaves, keys named as Orbax names them (dict
+    keys, NamedTuple fields, sequence indices): a train state and a step's saved metadata
+    tree give the same set when their layouts agree."""
+    def name(key) -> str:
+        return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+    return {"/".join(name(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def has_steps(workdir: str | os.PathLike) -> bool:

@@ -505,3 +505,12 @@ def test_frozen_parameters_stay_put_hold_no_optimizer_state_and_resume_bit_ident
     for path, value in final.items():
         np.testing.assert_array_equal(resumed[path], value, err_msg=path)
     assert [r["loss"] for r in report.read_metrics(tmp_path / "resumed") if "loss" in r] == [r["loss"] for r in records]
+
+    # Resuming with another freeze: an InputError saying so, the checkpoint kept (even with fallback).
+    shutil.copytree(tmp_path / "run", tmp_path / "changed")
+    shutil.rmtree(tmp_path / "changed" / "checkpoints" / "4")
+    set_dotted(config, {"freeze": "embeddings/", "num_train_steps": 6, "checkpoint.fallback": True})
+    with pytest.raises(InputError, match=r"checkpoints/2: its optimizer state is not this run's \(opt_state/mu/bert/"
+                                         r"encoder/layer_0/.* is only in this run\): what trains or the optimizer"):
+        train.run(config, str(tmp_path / "changed"))
+    assert (tmp_path / "changed" / "checkpoints" / "2").is_dir()
