@@ -39,6 +39,7 @@ DEFAULT_RULES = {
     "classes": "",
     "layers": "",
     "fused": "",
+    "lora": "",  # LoRA ranks are small: replicated; A and B split like their kernel's other axes
     # activations
     "activation_batch": "data,fsdp",
     "activation_length": "",

@@ -83,9 +83,15 @@ class ModelConfig:
       remat_policy: rematerialisation of each layer in the backward pass:
         "none", "full" (save nothing), "dots" (save matmul outputs),
         "dots_no_batch" (save matmul outputs without batch dimensions).
+      lora_rank, lora_alpha, lora_dropout, lora_targets (LORA_FIELDS; a run sets them
+        from its `peft` config group, never as model.* keys): with lora_rank r > 0, every
+        dense layer whose kernel path matches the regex lora_targets (re.search) adds
+        (alpha / r) * dropout(x) A B to its output (`flaxft.models.layers.Dense`);
+        lora_rank 0 is no LoRA.
     """
 
-    TRAINING_OPTIONS: ClassVar[tuple[str, ...]] = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+    LORA_FIELDS: ClassVar[tuple[str, ...]] = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+    TRAINING_OPTIONS: ClassVar[tuple[str, ...]] = ("dtype", "param_dtype", "scan_layers", "remat_policy", *LORA_FIELDS)
     DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ()  # a family's dropout rates: a run's config sets them
 
     num_labels: int = 2
@@ -94,6 +100,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_dropout: float = 0.0
+    lora_targets: str = ""
 
     def __post_init__(self):
         if self.remat_policy not in REMAT_POLICIES:

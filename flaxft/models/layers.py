@@ -1,18 +1,21 @@
-"""Building blocks every family uses: dense layers, LayerNorm, embeddings, activations,
-segment positions, row gathers, and the logical axis names parameters carry.
+"""Building blocks every family uses: dense layers (with LoRA adapters where the config
+asks), LayerNorm, embeddings, activations, segment positions, row gathers, and the logical
+axis names parameters carry.
 
 Shape suffixes: B batch, L sequence length, D hidden size, K contracted size, F output
-features, M gathered positions. Which mesh axes the logical names map to is decided
-outside the models (`flaxft.sharding`).
+features, R LoRA rank, M gathered positions. Which mesh axes the logical names map to is
+decided outside the models (`flaxft.sharding`).
 """
 
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flaxft.models.dropout import dropout
 from flaxft.models.family import ModelConfig
 
 Array = jax.Array
@@ -29,7 +32,9 @@ LOGICAL_AXES = {
     "classes": "output classes of the NSP, classification and QA heads",
     "layers": "stacked layers when scan_layers is on",
     "fused": "the parts of a fused kernel (ModernBERT's query/key/value, GLU input/gate)",
+    "lora": "rank R of a LoRA adapter's factors",
 }
+LORA_PARAMS = ("lora_a", "lora_b")  # a LoRA dense layer's parameters besides its kernel and bias
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     # PyTorch's exact GELU, x/2 (1 + erf(x/sqrt 2)): on XLA:CPU erf is cheaper than the
@@ -58,6 +63,17 @@ class Dense(nn.Module):
     names; it is reshaped to [K, F] for the product (a free bitcast). XLA's CPU backend
     canonicalises a dot over several contracted dims by transposing its operands in the
     forward and backward pass; the 2-D form avoids those copies (README, Benchmarks).
+
+    LoRA (Hu et al. 2021): when `config.lora_rank` R > 0 and the kernel's parameter path
+    ("/"-joined module path and "kernel"; under scan_layers the scanned stack's, e.g.
+    `bert/encoder/layers/attention/query/kernel`) matches `config.lora_targets`, the layer
+    also has `lora_a` (*contracted, R) and `lora_b` (R, *features), with the kernel's
+    logical axes and "lora" for R, and adds (lora_alpha / R) * dropout(x) A B. A starts
+    as PEFT's (kaiming-uniform, a = sqrt 5: U(+-1/sqrt K)), B at zero, so a fresh adapter
+    changes nothing. The adapter's dropout (lora_dropout) draws from the "dropout" rng: it
+    is on when the model is applied with one (training) and off without (evaluation).
+    With the kernel frozen (not differentiated), the backward pass computes only dx
+    through it and the rank-R products that A and B need.
     """
 
     config: ModelConfig
@@ -79,7 +95,8 @@ class Dense(nn.Module):
             cfg.weights_dtype,
         )
         k, f = math.prod(contracted), math.prod(self.features)
-        y_XF = jnp.dot(x.reshape(-1, k).astype(cfg.compute_dtype), kernel.reshape(k, f).astype(cfg.compute_dtype))
+        x_XK = x.reshape(-1, k).astype(cfg.compute_dtype)
+        y_XF = jnp.dot(x_XK, kernel.reshape(k, f).astype(cfg.compute_dtype))
         if self.bias_axes is not None:
             bias = self.param(
                 "bias",
@@ -88,7 +105,34 @@ class Dense(nn.Module):
                 cfg.weights_dtype,
             )
             y_XF = y_XF + bias.reshape(f).astype(cfg.compute_dtype)
+        if cfg.lora_rank and re.search(cfg.lora_targets, "/".join((*self.scope.path, "kernel"))):
+            y_XF = y_XF + self.lora(x_XK, contracted)
         return y_XF.reshape(*lead, *self.features)
+
+    def lora(self, x_XK: Array, contracted: tuple[int, ...]) -> Array:
+        """The adapter's term (lora_alpha / R) * dropout(x) A B [X, F] of x [X, K]."""
+        cfg, r, k = self.config, self.config.lora_rank, x_XK.shape[1]
+        n = len(contracted)
+        bound = 1.0 / math.sqrt(k)
+        a = self.param(
+            "lora_a",
+            nn.with_logical_partitioning(
+                lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
+                (*self.kernel_axes[:n], "lora"),
+            ),
+            (*contracted, r),
+            cfg.weights_dtype,
+        )
+        b = self.param(
+            "lora_b",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("lora", *self.kernel_axes[n:])),
+            (r, *self.features),
+            cfg.weights_dtype,
+        )
+        if cfg.lora_dropout and self.has_rng("dropout"):
+            x_XK = dropout(x_XK, cfg.lora_dropout, self.make_rng("dropout"))
+        h_XR = jnp.dot(x_XK, a.reshape(k, r).astype(cfg.compute_dtype)) * (cfg.lora_alpha / r)
+        return jnp.dot(h_XR, b.reshape(r, -1).astype(cfg.compute_dtype))
 
 
 def dense(

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from flaxft.errors import InputError
+from flaxft.models.layers import LORA_PARAMS
 from flaxft.models.registry import family_of
 
 
@@ -91,9 +92,9 @@ def fit_params(params: dict, model: nn.Module, seed: int = 0) -> dict:
     """`params` (any head of `model`'s family, either layout) refitted to `model`.
 
     Every encoder parameter `model` needs must be in `params` with the same shape, except
-    the family's optional encoder parts (BERT's pooler); those and head parameters
-    `params` lacks (a new head on a pretrained encoder) are initialised afresh from
-    `seed`; parameters `model` has no use for (another head) are dropped.
+    the family's optional encoder parts (BERT's pooler) and LoRA adapters; those and head
+    parameters `params` lacks (a new head on a pretrained encoder) are initialised afresh
+    from `seed`; parameters `model` has no use for (another head) are dropped.
     Raises InputError naming the first missing or misshapen parameter.
     """
     family = family_of(model)
@@ -101,7 +102,8 @@ def fit_params(params: dict, model: nn.Module, seed: int = 0) -> dict:
     source = traverse_util.flatten_dict(params)
     target = traverse_util.flatten_dict(abstract_params(model))
     missing = [path for path in target if path not in source]
-    required = [p for p in missing if p[0] == family.encoder_key and p[1] not in family.optional_encoder_params]
+    required = [p for p in missing if p[0] == family.encoder_key and p[1] not in family.optional_encoder_params
+                and p[-1] not in LORA_PARAMS]
     if required:
         raise InputError(f"the checkpoint has no parameter {'/'.join(required[0])}")
     fresh = traverse_util.flatten_dict(nn.meta.unbox(init_params(model, jax.random.key(seed)))) if missing else {}

@@ -32,7 +32,8 @@ FAMILY = Family(
     below_layers=("bert/embeddings",),
     above_layers=("bert/pooler",),
     tokenizer="wordpiece",
-    logical_axes=("vocab", "embed", "position", "token_type", "heads", "kv", "mlp", "hidden", "classes", "layers"),
+    logical_axes=("vocab", "embed", "position", "token_type", "heads", "kv", "mlp", "hidden", "classes", "layers",
+                  "lora"),
     hf=HF_FORMAT,
     train_flops=train_flops,
 )
