@@ -14,6 +14,7 @@ building the model on one device first.
 import contextlib
 import functools
 import gc
+import json
 import os
 import re
 import sys
@@ -39,7 +40,8 @@ from flaxft.files import (
     new_output_dir,
     replaced_atomically,
 )
-from flaxft.models import abstract_params, family_of, fit_params
+from flaxft.models import abstract_params, family_of, fit_params, lora
+from flaxft.report import CONFIG_FILE
 
 
 def model_record(model: nn.Module) -> dict:
@@ -143,6 +145,19 @@ def model_of(path: str | os.PathLike) -> nn.Module:
     with ocp.CheckpointManager(root) as manager:
         record = manager.restore(step, args=ocp.args.Composite(**{MODEL_RECORD: ocp.args.JsonRestore()}))[MODEL_RECORD]
     return model_from_record(record, str(root / str(step)))
+
+
+def run_config_of(path: str | os.PathLike) -> dict:
+    """The resolved config (config.json) of the run whose workdir holds the checkpoint at
+    `path`; {} for a checkpoint folder without one (`save_model`'s, import-hf's)."""
+    root, _ = locate(path)
+    file = root.parent / CONFIG_FILE
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{file}: not valid JSON ({e})") from None
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
@@ -435,12 +450,13 @@ def init_params_for(run_workdir: str | os.PathLike, init_from: str, model: nn.Mo
 
 def load_init_params(path: str | os.PathLike, model: nn.Module, seed: int) -> dict:
     """Parameters for a new run of `model` from `init_from`: a Hugging Face folder or a
-    flaxft checkpoint or workdir. Heads the source lacks start afresh; shape mismatches
-    are InputErrors naming the parameter."""
+    flaxft checkpoint or workdir (a LoRA run's with its adapters merged into the kernels).
+    Heads and LoRA adapters the source lacks start afresh; shape mismatches are
+    InputErrors naming the parameter."""
     if kind_of(path) is PathKind.HF_FOLDER:
         params = _read_hf_folder(path, model)
     else:
-        _, params = load_model(path)
+        _, params = lora.merge(*load_model(path))
     return fit_params(params, model, seed)
 
 

@@ -6,6 +6,7 @@ impossible combinations are InputErrors naming the field.
 """
 
 import dataclasses
+import re
 
 import ml_collections
 
@@ -95,8 +96,21 @@ def default_config() -> ml_collections.ConfigDict:
     c.task.max_answer_length = 30
     c.task.n_best_size = 20
 
+    c.peft = ml_collections.ConfigDict()  # parameter-efficient fine-tuning (fine-tuning only)
+    c.peft.method = "none"  # or "lora": low-rank adapters on the kernels lora_targets matches (Hu et al. 2021)
+    c.peft.lora_rank = 8  # R of each adapter's factors A (K x R) and B (R x F)
+    c.peft.lora_alpha = 16.0  # adapters add (lora_alpha / lora_rank) x A B
+    c.peft.lora_dropout = 0.1  # dropout on an adapter's input, in training (PEFT's GLUE example: 8, 16, 0.1)
+    c.peft.lora_targets = LORA_TARGETS  # regex searched in kernel paths ("bert/encoder/layer_0/attention/query/
+    # kernel"; under model.scan_layers the stack's: ".../encoder/layers/attention/query/kernel")
+
     c.mesh = sharding.default_mesh_config()  # data / fsdp / tensor sizes and logical-axis rules
     return c
+
+
+# The attention's query, key and value projections of every family: BERT, RoBERTa, XLM-R and
+# ELECTRA's attention/{query,key,value}, ModernBERT's fused attn/Wqkv.
+LORA_TARGETS = r"(attention/(query|key|value)|attn/Wqkv)/kernel$"
 
 
 def model_defaults(family_name: str) -> ml_collections.ConfigDict:
@@ -105,7 +119,7 @@ def model_defaults(family_name: str) -> ml_collections.ConfigDict:
     config_class = family_named(family_name).config_class
     group = ml_collections.ConfigDict({"family": family_name})
     for f in dataclasses.fields(config_class):
-        if f.name == "id2label":
+        if f.name == "id2label" or f.name in config_class.LORA_FIELDS:  # LoRA: the peft group's
             continue
         default = f.default
         if default is None:  # an optional field: typed, so overrides are checked
@@ -118,8 +132,19 @@ def model_group(family_name: str, model: ModelConfig) -> ml_collections.ConfigDi
     """The config.model group describing `model` (of family `family_name`): `model_defaults`
     with the model's values."""
     group = model_defaults(family_name)
-    group.update({k: v for k, v in model.to_dict().items() if k != "id2label"})
+    group.update({k: v for k, v in model.to_dict().items() if k != "id2label" and k not in model.LORA_FIELDS})
     return group
+
+
+def lora_fields(config: ml_collections.ConfigDict) -> dict:
+    """The model config's LoRA fields (`ModelConfig.LORA_FIELDS`) that config.peft asks
+    for: its values with method "lora", no LoRA (lora_rank 0, the rest at their
+    defaults) with "none"."""
+    if config.peft.method != "lora":
+        return {name: getattr(ModelConfig, name) for name in ModelConfig.LORA_FIELDS}
+    peft = config.peft
+    return dict(lora_rank=peft.lora_rank, lora_alpha=float(peft.lora_alpha), lora_dropout=float(peft.lora_dropout),
+                lora_targets=peft.lora_targets)
 
 
 _CHOICES = {
@@ -182,6 +207,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.pretraining.discriminator_weight < 0:
         raise InputError(f"config.pretraining.discriminator_weight cannot be negative, got "
                          f"{config.pretraining.discriminator_weight}")
+    _check_peft(config)
     sharding.logical_rules(config.mesh)
     model = model_config(config)
     if config.seq_len > model.max_seq_len:
@@ -230,6 +256,29 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
     if steps and warmup + decay > steps:
         raise InputError(f"config.warmup_steps ({warmup}) + config.decay_steps ({decay}) exceed "
                          f"config.num_train_steps ({steps}) with config.lr_schedule 'wsd'")
+
+
+def _check_peft(config: ml_collections.ConfigDict) -> None:
+    """peft.method is "none" or "lora" (fine-tuning only); LoRA's rank, alpha, dropout and
+    target regex can work. (Whether the regex matches a kernel of the model is checked when the
+    model is known: `flaxft.finetune.setup`.)"""
+    peft = config.peft
+    if peft.method not in ("none", "lora"):
+        raise InputError(f"config.peft.method is {peft.method!r}; expected one of ('none', 'lora')")
+    if peft.method == "none":
+        return
+    if config.task.name == "pretraining":
+        raise InputError("config.peft.method 'lora' is for fine-tuning; pretraining (config.task.name) trains "
+                         "every parameter: set config.peft.method = 'none'")
+    for field in ("lora_rank", "lora_alpha"):
+        if peft[field] <= 0:
+            raise InputError(f"config.peft.{field} must be positive, got {peft[field]}")
+    if not 0.0 <= peft.lora_dropout < 1.0:
+        raise InputError(f"config.peft.lora_dropout must be in [0, 1), got {peft.lora_dropout}")
+    try:
+        re.compile(peft.lora_targets)
+    except re.error as e:
+        raise InputError(f"config.peft.lora_targets {peft.lora_targets!r} is not a regular expression ({e})") from None
 
 
 def _check_keys_and_types(config, defaults, prefix: str) -> None:

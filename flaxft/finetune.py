@@ -25,7 +25,7 @@ from flaxft.data import Features, FinetuneLoader, concat_outputs, load_tokenizer
 from flaxft.data.tokenizer import copy_tokenizer_files, tokenizer_kind
 from flaxft.errors import InputError
 from flaxft.files import PathKind, kind_of, write_text_atomically
-from flaxft.models import Family, ModelConfig, abstract_params, family_named, family_of, new_params
+from flaxft.models import Family, ModelConfig, abstract_params, family_named, family_of, lora, new_params
 from flaxft.tasks import FINETUNE_TASKS, FinetuneTask, from_config
 
 EVAL_RESULTS = "eval_results.json"
@@ -100,13 +100,15 @@ def new_paths(source: nn.Module | None, model: nn.Module) -> frozenset[str]:
 
 def fitted_model_config(config: ml_collections.ConfigDict, base: ModelConfig, num_labels: int,
                         id2label: tuple) -> ModelConfig:
-    """`base` (`base_model`'s) with the task's head size and config.model's training
+    """`base` (`base_model`'s) with the task's head size, config.model's training
     options and dropout rates (those of the family's DROPOUT_FIELDS that config.model has:
     a checkpoint of another family than config.model.family keeps its own rates for the
-    others, and for those config.model leaves unset: None, as BERT's classifier_dropout)."""
+    others, and for those config.model leaves unset: None, as BERT's classifier_dropout),
+    and the LoRA adapters config.peft asks for (or none)."""
     changes = {k: config.model[k] for k in (*base.TRAINING_OPTIONS, *base.DROPOUT_FIELDS)
                if k in config.model and config.model[k] is not None}
-    return base.replace(num_labels=max(num_labels, 1), id2label=tuple(id2label), **changes)
+    return base.replace(num_labels=max(num_labels, 1), id2label=tuple(id2label), **changes,
+                        **config_lib.lora_fields(config))
 
 
 def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
@@ -130,6 +132,10 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         raise InputError("fine-tuning needs validation data: set config.task.validation_file (or a dataset with one)")
     model_config = fitted_model_config(config, base, task_data.num_labels, task_data.id2label)
     model = model_family.architecture(task.head)(model_config)
+    if model_config.lora_rank and not lora.adapted_kernels(model):
+        kernels = [p for p in traverse_util.flatten_dict(abstract_params(model)) if p[-1] == "kernel"]
+        raise InputError(f"config.peft.lora_targets {model_config.lora_targets!r} matches no kernel of "
+                         f"{type(model).__name__} (such as {', '.join('/'.join(p) for p in kernels[:3])})")
     if model.config.vocab_size < tokenizer.get_vocab_size():
         raise InputError(f"{tokenizer_dir}: {tokenizer.get_vocab_size()} tokens but the model has "
                          f"{model.config.vocab_size}")

@@ -45,7 +45,8 @@ def test_lookups_and_their_errors():
 def test_config_model_group_is_the_family_config():
     config = config_lib.default_config()
     assert config.model.family == "bert"
-    assert set(config.model.keys()) - {"family"} == {f.name for f in dataclasses.fields(BertConfig)} - {"id2label"}
+    assert set(config.model.keys()) - {"family"} == ({f.name for f in dataclasses.fields(BertConfig)} - {"id2label"}
+                                                     - set(BertConfig.LORA_FIELDS))  # LoRA: the peft group
     assert config_lib.model_config(config) == BertConfig()
     config_lib.validate(set_dotted(config, {"num_train_steps": 10}))
     with pytest.raises(InputError, match="config.model.family 'electron' is not one of"):
