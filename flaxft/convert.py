@@ -1,7 +1,8 @@
 """Hugging Face <-> flaxft checkpoints from the command line.
 
     python -m flaxft.convert import-hf HF_DIR CKPT_DIR   # HF folder -> flaxft checkpoint
-    python -m flaxft.convert export-hf CKPT_OR_WORKDIR HF_DIR
+    python -m flaxft.convert export-hf CKPT_OR_WORKDIR HF_DIR             # LoRA adapters merged
+    python -m flaxft.convert export-hf --adapter LORA_WORKDIR ADAPTER_DIR  # a PEFT adapter folder
     python -m flaxft.convert verify HF_DIR [--tolerance 1e-4]
 
 `verify` runs transformers' PyTorch model (eager attention) and flaxft on the same padded
@@ -21,7 +22,7 @@ cli.set_offline_defaults()
 
 import numpy as np  # noqa: E402
 
-from flaxft import checkpoint, hf  # noqa: E402
+from flaxft import checkpoint, hf, hf_peft  # noqa: E402
 from flaxft.errors import InputError, exit_on_input_error  # noqa: E402
 from flaxft.models import family_of  # noqa: E402
 
@@ -32,8 +33,17 @@ def import_hf(hf_dir: str, ckpt_dir: str) -> None:
     print(f"wrote {type(model).__name__} checkpoint to {out}")
 
 
-def export_hf(ckpt: str, hf_dir: str) -> None:
+def export_hf(ckpt: str, hf_dir: str, adapter: bool = False) -> None:
+    """Writes the checkpoint's model as a Hugging Face folder, a LoRA run's with its
+    adapters merged into the kernels; with `adapter`, a LoRA run's PEFT adapter folder
+    over its init_from instead (`flaxft.hf_peft`)."""
     model, params = checkpoint.load_model(ckpt)
+    if adapter:
+        init_from = checkpoint.run_config_of(ckpt).get("init_from", "")
+        to_save = hf_peft.save_adapter(model, params, init_from, hf_dir, checkpoint.tokenizer_dir_of(ckpt))
+        print(f"wrote the PEFT adapter of {type(model).__name__} (rank {model.config.lora_rank}; modules_to_save: "
+              f"{', '.join(to_save) or 'none'}) over {init_from} to {hf_dir}")
+        return
     hf.save_pretrained(model, params, hf_dir, tokenizer_dir=checkpoint.tokenizer_dir_of(ckpt),
                        sentence_transformers_dir=checkpoint.sentence_transformers_dir_of(ckpt))
     parts = model.hf_models(params) if hasattr(model, "hf_models") else {"": (model, params)}
@@ -108,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("ckpt", help="a flaxft workdir (its newest checkpoint) or checkpoint folder")
     p.add_argument("hf_dir", help="the Hugging Face folder to write (must not exist or be empty); an ELECTRA "
                                   "pretraining run writes the discriminator there and the generator in generator/")
+    p.add_argument("--adapter", action="store_true",
+                   help="a LoRA run: write a PEFT adapter folder (adapter_config.json, adapter_model.safetensors) "
+                        "for its init_from instead of the model with the adapters merged")
     p = sub.add_parser("verify", help="compare flaxft with transformers (PyTorch) on one batch")
     p.add_argument("hf_dir", help="a Hugging Face model folder")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest absolute difference allowed")
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import-hf":
         return exit_on_input_error(lambda: import_hf(args.hf_dir, args.ckpt_dir)) or 0
     if args.command == "export-hf":
-        return exit_on_input_error(lambda: export_hf(args.ckpt, args.hf_dir)) or 0
+        return exit_on_input_error(lambda: export_hf(args.ckpt, args.hf_dir, args.adapter)) or 0
     return exit_on_input_error(lambda: verify(args.hf_dir, args.tolerance))
 
 

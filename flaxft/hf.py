@@ -27,7 +27,16 @@ from flax import traverse_util
 from flaxft.data.tokenizer import copy_tokenizer_files
 from flaxft.errors import InputError
 from flaxft.files import new_output_dir
-from flaxft.models import Family, ModelConfig, abstract_params, family_for_model_type, family_of, fit_params, restack
+from flaxft.models import (
+    Family,
+    ModelConfig,
+    abstract_params,
+    family_for_model_type,
+    family_of,
+    fit_params,
+    lora,
+    restack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +255,8 @@ def copy_sentence_transformers_files(src: str | os.PathLike, dst: str | os.PathL
 
 def state_dict_from_params(params: dict, model: nn.Module) -> dict[str, np.ndarray]:
     """Hugging Face state dict (float32 numpy, tied decoder left out) of `model`'s params,
-    in either layout."""
+    in either layout; LoRA adapters merged into their kernels."""
+    model, params = lora.merge(model, nn.meta.unbox(params))
     family, architecture = family_of(model), type(model).__name__
     params = restack(jax.device_get(nn.meta.unbox(params)), model, scan_layers=False)
     flat = traverse_util.flatten_dict(params)
@@ -261,7 +271,8 @@ def save_pretrained(
     model: nn.Module, params: dict, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
     sentence_transformers_dir: str | os.PathLike | None = None,
 ) -> None:
-    """Writes a Hugging Face folder (config.json with `architectures`, model.safetensors,
+    """Writes a Hugging Face folder (config.json with `architectures`, model.safetensors
+    with any LoRA adapters merged into their kernels,
     the tokenizer files found in `tokenizer_dir`, and the sentence-transformers files
     found in `sentence_transformers_dir`) that `transformers.AutoModel*` loads with no
     missing or unexpected weights (and `SentenceTransformer` as the source was loaded).
