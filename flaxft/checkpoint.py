@@ -12,6 +12,7 @@ building the model on one device first.
 """
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
@@ -403,14 +404,18 @@ _RESUMABLE_CHANGES = ("dtype", "remat_policy")
 
 
 def _check_same_model(saved: dict, model: nn.Module, path: Path) -> None:
-    """InputError listing the model config fields in which `saved` differs from `model`."""
+    """InputError listing the model config fields in which `saved` differs from `model`.
+    A field the record lacks (written before the field existed, as the LoRA fields) has
+    its default, as `model_from_record` reads it."""
     want = model_record(model)
+    defaults = {f.name: f.default for f in dataclasses.fields(model.config)}
     diffs = []
     if saved.get("architecture") != want["architecture"]:
         diffs.append(f"architecture {saved.get('architecture')} != {want['architecture']}")
     for key, value in want["config"].items():
-        if key not in _RESUMABLE_CHANGES and saved.get("config", {}).get(key) != value:
-            diffs.append(f"{key} {saved.get('config', {}).get(key)!r} != {value!r}")
+        old = saved.get("config", {}).get(key, defaults[key])
+        if key not in _RESUMABLE_CHANGES and old != value:
+            diffs.append(f"{key} {old!r} != {value!r}")
     if diffs:
         raise InputError(f"{path} was written for another model (checkpoint vs config): {'; '.join(diffs)}")
 
