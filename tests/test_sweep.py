@@ -125,7 +125,7 @@ def test_odd_grid_values_name_folders_safely_and_no_grid_is_one_run_per_task(tmp
     ({"grid": {"learning_rate": ["fast"]}}, "grid.learning_rate: learning_rate='fast' does not fit"),
     ({"overrides": {"model.hiden_size": 8}}, "overrides: 'model.hiden_size' is not a config key"),
     ({"overrides": {"model": 8}}, "overrides: 'model' is a group of keys"),
-    ({"overrides": {"peft.lora_rank": 8}}, "overrides: 'peft.lora_rank' is not a config key"),
+    ({"overrides": {"qlora.bits": 4}}, "overrides: 'qlora.bits' is not a config key"),
     ({"tasks": {"a": {"task.datset": "glue:cola"}}}, "tasks.a: 'task.datset' is not a config key"),
     ({"tasks": {"a": {"task.text_fields": 5}}}, "tasks.a: task.text_fields=5 does not fit config.task.text_fields"),
     ({"tasks": {"a/b": {}}}, "tasks: 'a/b' cannot name a folder"),
