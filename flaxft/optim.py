@@ -294,15 +294,16 @@ def for_model(config: ml_collections.ConfigDict, params: dict, depth: Depth, num
               ) -> tuple[optax.GradientTransformation, Callable[[str], bool], dict[str, float]]:
     """What a setup hands the loop for a model with `params` (ShapeDtypeStructs will do),
     `num_layers` layers and `depth` (its family's, see `layerwise_lr_scales`), from the
-    config's `freeze` and `layerwise_lr_decay` (InputError naming config.freeze when it
-    cannot work):
+    config's `freeze`, `peft.method` and `layerwise_lr_decay` (InputError naming
+    config.freeze when it cannot work):
 
     - the optimizer (`make_optimizer`), with layer-wise decay;
-    - which parameters train (`trainable`; `new_paths`: those init_from did not provide);
+    - which parameters train (`trainable`; `new_paths`: those init_from did not provide;
+      with LoRA only the adapters and those);
     - the learning-rate groups to log beside `learning_rate` (the heads' rate): name ->
       multiplier, {"embeddings": decay ** (num_layers + 2)} with layer-wise decay, else {}.
     """
-    trains = trainable(config.freeze, new_paths=new_paths)
+    trains = trainable(config.freeze, adapters_only=config.peft.method == "lora", new_paths=new_paths)
     check_trainable(trains, params, config.freeze)
     decay = config.layerwise_lr_decay
     tx = make_optimizer(config, layerwise_lr_scales(params, depth, num_layers, decay))

@@ -7,6 +7,7 @@ predicting what flaxft predicts."""
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -289,3 +290,65 @@ def test_adapter_export_of_a_plain_checkpoint_exits_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: BertForMaskedLM has no LoRA adapters"), result.stderr
     assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_a_lora_run_trains_only_adapters_and_heads_resumes_and_exports(tmp_path, task_files, minilm_dir, capsys):
+    """A real LoRA fine-tuning run of MiniLM on an FSDP mesh: only the adapters and the
+    heads MiniLM lacks train (under 2% of the parameters; the start-up line says so), every
+    other parameter ends bit for bit as init_from had it and has no optimizer state; a run
+    resumed from the middle checkpoint ends bit-identical; the merged export (transformers)
+    and the adapter export (peft over MiniLM's folder) predict what the run predicts."""
+    import peft
+    import transformers
+    from orbax import checkpoint as ocp
+
+    from flaxft import report, train
+
+    train_file, validation_file = small_classification(task_files, tmp_path, rows=64)
+    config = classification_config(train_file, validation_file, init_from=str(minilm_dir), num_train_steps=4,
+                                   checkpoint_every_steps=2, eval_every_steps=4, log_every_steps=1,
+                                   learning_rate=1e-3, **{"peft.method": "lora", "peft.lora_rank": 4,
+                                                          "mesh.data": 1, "mesh.fsdp": 8, "checkpoint.keep": 5})
+    train.run(config, str(tmp_path / "run"))
+    model, final = checkpoint.load_model(tmp_path / "run")
+    _, source = hf.from_pretrained(minilm_dir)
+    source = traverse_util.flatten_dict(source, sep="/")
+    final = traverse_util.flatten_dict(final, sep="/")
+    trained = {path for path in final if path.rsplit("/", 1)[-1].startswith("lora_") or path not in source}
+    assert {path for path in trained if "lora_" not in path} == {"classifier/kernel", "classifier/bias"}
+    for path, value in final.items():
+        if path in trained:
+            assert np.any(value != 0), path
+        else:
+            np.testing.assert_array_equal(value, source[path], err_msg=path)
+    assert all(np.any(final[path] != 0) for path in final if path.endswith("lora_b"))  # the adapters moved
+    metadata = ocp.StandardCheckpointer().metadata(tmp_path / "run" / "checkpoints" / "4" / "train_state")
+    for moment in ("mu", "nu"):
+        assert set(traverse_util.flatten_dict(metadata.item_metadata.tree["opt_state"][moment], sep="/")) == trained
+    trains, total = sum(final[p].size for p in trained), sum(v.size for v in final.values())
+    assert trains / total < 0.02
+    assert f"{trains:,} of {total:,} parameters train ({trains / total:.1%})" in capsys.readouterr().out
+
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
+    train.run(config, str(tmp_path / "resumed"))
+    resumed = traverse_util.flatten_dict(checkpoint.load_model(tmp_path / "resumed")[1], sep="/")
+    for path, value in final.items():
+        np.testing.assert_array_equal(resumed[path], value, err_msg=path)
+    losses = [[r["loss"] for r in report.read_metrics(tmp_path / w) if "loss" in r] for w in ("run", "resumed")]
+    assert losses[0] == losses[1]
+
+    hf_config = json.loads((minilm_dir / "config.json").read_text())
+    batch = padded_batch(hf_config)
+    params = traverse_util.unflatten_dict(final, sep="/")
+    ours = np.asarray(model.apply({"params": params}, **{k: jnp.asarray(v) for k, v in batch.items()}).logits)
+    convert.export_hf(str(tmp_path / "run"), str(tmp_path / "merged"))
+    merged = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged",
+                                                                             attn_implementation="eager")
+    np.testing.assert_allclose(_torch_logits(merged.eval(), batch), ours, rtol=0, atol=1e-5)
+    convert.export_hf(str(tmp_path / "run"), str(tmp_path / "adapter"), adapter=True)
+    base_model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        minilm_dir, num_labels=model.config.num_labels, attn_implementation="eager")
+    with_adapter = peft.PeftModel.from_pretrained(base_model, tmp_path / "adapter").eval()
+    np.testing.assert_allclose(_torch_logits(with_adapter, batch), ours, rtol=0, atol=1e-5)
