@@ -169,3 +169,23 @@ def single_device_run(config_factory: str, corpus: Path, steps: dict, workdir: P
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return losses(workdir), result.stdout
+
+
+def assert_resumes_bit_identically(config, workdir: Path, copy: Path, from_step_removed: int) -> None:
+    """Reruns `config` on a copy of the finished `workdir` without its checkpoint
+    `from_step_removed` (so it resumes from the one before): the final parameters and every
+    logged loss equal the uninterrupted run's, bit for bit."""
+    import shutil
+
+    import numpy as np
+    from flax import traverse_util
+
+    from flaxft import checkpoint, train
+
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / str(from_step_removed))
+    train.run(config, str(copy))
+    final, resumed = (traverse_util.flatten_dict(checkpoint.load_model(w)[1], sep="/") for w in (workdir, copy))
+    for path, value in final.items():
+        np.testing.assert_array_equal(resumed[path], value, err_msg=path)
+    assert losses(copy) == losses(workdir)
