@@ -1,6 +1,7 @@
 """The offline demo data: deterministic, balanced enough, learnable, loadable by each task."""
 
 import collections
+import statistics
 import re
 
 import numpy as np
@@ -112,3 +113,21 @@ def test_qa_answers_are_exact_unique_spans_found_by_matching_not_by_position():
     assert len({r["answers"]["text"][0] for r in validation}) > 0.8 * len(
         validation
     )  # no constant answer
+
+
+def test_topics_are_short_balanced_and_learnable_but_not_trivial():
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.naive_bayes import MultinomialNB
+
+    train, validation = demo_data.topic_records()
+    counts = collections.Counter(r["label"] for r in train)
+    assert set(counts) == set(demo_data.TOPIC_FAMILIES) and len(train) > 600 and len(validation) > 150
+    assert max(counts.values()) < 1.5 * min(counts.values())
+    assert statistics.median(len(r["text"].split()) for r in train) < 15  # one sentence each
+    assert not {r["text"] for r in train} & {r["text"] for r in validation}
+    majority = max(collections.Counter(r["label"] for r in validation).values()) / len(validation)
+    vectorizer = CountVectorizer()
+    model = MultinomialNB().fit(vectorizer.fit_transform([r["text"] for r in train]), [r["label"] for r in train])
+    predicted = model.predict(vectorizer.transform([r["text"] for r in validation]))
+    accuracy = metrics.accuracy(predicted, [r["label"] for r in validation])
+    assert majority + 0.2 < accuracy < 0.95

@@ -7,6 +7,13 @@ library's own docstrings (nothing downloaded; the same files for a given Python 
   urllib, xmlrpc, ...), numbers (decimal, fractions, statistics, ...). Each class has the
   same number of docstrings. Topic words make it learnable; shared vocabulary (every
   family talks about objects, arguments, errors) keeps it from being trivial.
+- topics (`train.csv`, `validation.csv`: text,label; not written by default): the same
+  question for other module families and much shorter texts, the first sentence of a
+  docstring (6 to 40 words): files (os, pathlib, shutil, zipfile, ...), text (re, string,
+  difflib, codecs, ...), formats (json, csv, xml, pickle, sqlite3, ...), devtools
+  (unittest, doctest, pdb, inspect, ast, ...), system (subprocess, signal, logging,
+  importlib, ...).
+  `benchmarks/finetune_vs_torch.py` uses it as a task nothing was tuned on.
 - ner (`train.jsonl`, `validation.jsonl`: tokens, ner_tags): docstring sentences split
   into words, tagged BIO with two types: STR, the words of a quoted span ('utf-8',
   "strict", `name`: up to 5 words between matching quotes), and CODE, identifier-like
@@ -21,7 +28,8 @@ library's own docstrings (nothing downloaded; the same files for a given Python 
   find the quoted passage in the context and copy the blanked word.
 
 Splits are fixed by a CRC32 of each text (about one in five to validation).
-`python -m flaxft.tasks.demo_data OUT_DIR` writes all three under OUT_DIR/<task>/.
+`python -m flaxft.tasks.demo_data OUT_DIR` writes the first three under OUT_DIR/<task>/
+(`--tasks topics` the fourth).
 """
 
 import argparse
@@ -39,7 +47,8 @@ from flaxft.data import corpus
 from flaxft.data.tokenize import split_sentences
 from flaxft.files import write_text_atomically
 
-TASKS = ("classification", "ner", "qa")
+TASKS = ("classification", "ner", "qa")  # written by default
+ALL_TASKS = (*TASKS, "topics")
 
 FAMILIES = {
     "gui": ("tkinter", "turtle"),
@@ -77,7 +86,20 @@ FAMILIES = {
         "colorsys",
     ),
 }
+TOPIC_FAMILIES = {
+    "files": ("os", "pathlib", "shutil", "glob", "fnmatch", "tempfile", "filecmp", "fileinput", "stat",
+              "zipfile", "tarfile", "gzip", "bz2", "lzma", "zipimport", "posixpath", "ntpath", "genericpath"),
+    "text": ("re", "string", "textwrap", "difflib", "unicodedata", "stringprep", "codecs", "locale",
+             "gettext", "encodings", "shlex"),
+    "formats": ("json", "csv", "configparser", "tomllib", "plistlib", "pickle", "pickletools", "copyreg",
+                "shelve", "dbm", "sqlite3", "xml", "netrc"),
+    "devtools": ("unittest", "doctest", "pdb", "bdb", "trace", "tracemalloc", "profile", "cProfile",
+                 "pstats", "timeit", "inspect", "ast", "dis", "pydoc", "traceback", "warnings"),
+    "system": ("subprocess", "signal", "platform", "sysconfig", "ctypes", "logging", "getpass", "resource",
+               "importlib", "pkgutil", "runpy", "site"),
+}
 _MAX_TEXT_WORDS = 64
+_SENTENCE_WORDS = (6, 40)
 _MAX_CONTEXT_WORDS = 150
 _VALIDATION_SHARE = 5  # one in five
 
@@ -105,30 +127,28 @@ def key_of(row: dict, key: str) -> str:
 # ----------------------------------------------------------------------------- classification
 
 
-def _family(module: str) -> str | None:
-    return next((family for family, modules in FAMILIES.items() if module in modules), None)
+def _items(families: dict[str, tuple[str, ...]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple(families.items())
 
 
 @functools.cache
-def _family_docstrings() -> tuple[tuple[str, str], ...]:
-    """(family, text) of every docstring of the FAMILIES' modules (memoized: ~3 s)."""
+def _family_docstrings(families: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tuple[str, str], ...]:
+    """(family, cleaned docstring) of every docstring of the families' modules (memoized: ~3 s)."""
     root = Path(sysconfig.get_paths()["stdlib"])
+    owner = {module: family for family, modules in families for module in modules}
     found = []
     for file in corpus._stdlib_sources():
-        family = _family(file.relative_to(root).parts[0].removesuffix(".py"))
-        if family is None:
-            continue
-        for docstring in corpus._docstrings(file):
-            words = corpus._clean_docstring(docstring).split()
-            if len(words) >= 20:
-                found.append((family, " ".join(words[:_MAX_TEXT_WORDS])))
+        family = owner.get(file.relative_to(root).parts[0].removesuffix(".py"))
+        if family is not None:
+            found.extend((family, corpus._clean_docstring(docstring)) for docstring in corpus._docstrings(file))
     return tuple(found)
 
 
-def classification_records() -> tuple[list[dict], list[dict]]:
-    """(train, validation) records {"text", "label"}: balanced, deterministic."""
+def _balanced(labelled: list[tuple[str, str]]) -> tuple[list[dict], list[dict]]:
+    """(train, validation) records {"text", "label"} of (label, text) pairs: texts found under
+    one label only, the same number per label, in a fixed order."""
     by_family: dict[str, dict[str, None]] = collections.defaultdict(dict)
-    for family, text in _family_docstrings():
+    for family, text in labelled:
         by_family[family][text] = None
     # Drop texts found in more than one family; then the same number per family.
     owners = collections.Counter(text for texts in by_family.values() for text in texts)
@@ -146,6 +166,28 @@ def classification_records() -> tuple[list[dict], list[dict]]:
     ]
     rows.sort(key=lambda row: (zlib.crc32(row["text"].encode()) >> 8, row["text"]))
     return _split(rows, "text")
+
+
+def classification_records() -> tuple[list[dict], list[dict]]:
+    """(train, validation) records {"text", "label"}: the first 64 words of each docstring
+    of at least 20 words, balanced over FAMILIES, deterministic."""
+    texts = []
+    for family, docstring in _family_docstrings(_items(FAMILIES)):
+        words = docstring.split()
+        if len(words) >= 20:
+            texts.append((family, " ".join(words[:_MAX_TEXT_WORDS])))
+    return _balanced(texts)
+
+
+def topic_records() -> tuple[list[dict], list[dict]]:
+    """(train, validation) records {"text", "label"}: the first sentence of each docstring
+    (6 to 40 words), balanced over TOPIC_FAMILIES, deterministic."""
+    texts = []
+    for family, docstring in _family_docstrings(_items(TOPIC_FAMILIES)):
+        sentences = split_sentences(docstring)
+        if sentences and _SENTENCE_WORDS[0] <= len(sentences[0].split()) <= _SENTENCE_WORDS[1]:
+            texts.append((family, sentences[0]))
+    return _balanced(texts)
 
 
 # ----------------------------------------------------------------------------- NER
@@ -298,12 +340,14 @@ def make_task_data(task: str, out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     if task == "classification":
         splits, suffix, render = classification_records(), ".csv", _csv
+    elif task == "topics":
+        splits, suffix, render = topic_records(), ".csv", _csv
     elif task == "ner":
         splits, suffix, render = ner_records(), ".jsonl", _jsonl
     elif task == "qa":
         splits, suffix, render = qa_records(), ".jsonl", _jsonl
     else:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        raise ValueError(f"unknown task {task!r}; expected one of {ALL_TASKS}")
     paths = {}
     for name, rows in zip(("train", "validation"), splits):
         paths[name] = out / f"{name}{suffix}"
@@ -322,12 +366,12 @@ def main(argv: list[str] | None = None) -> None:
         description="Writes the offline demo data of the fine-tuning tasks (from the standard library's "
                     "docstrings) under OUT_DIR/<task>/.")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (made if missing)")
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(ALL_TASKS)}")
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in ALL_TASKS]
     if unknown:
-        parser.error(f"--tasks: {unknown[0]!r} is not one of {', '.join(TASKS)}")
+        parser.error(f"--tasks: {unknown[0]!r} is not one of {', '.join(ALL_TASKS)}")
     for task, paths in make_demo_data(args.out_dir, tasks).items():
         print(task, *(str(p) for p in paths.values()))
 
