@@ -10,7 +10,7 @@ import re
 
 import ml_collections
 
-from flaxft import sharding
+from flaxft import compilation_cache, sharding
 from flaxft.errors import InputError
 from flaxft.models import ModelConfig, family_named
 from flaxft.models.family import field_type
@@ -56,6 +56,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.fallback = False  # resume from the step before an unreadable newest one
     c.on_nonfinite = "abort"  # NaN/Inf loss or gradients: "abort" (exit 1) or "skip" (drop the update)
     c.init_from = ""  # a Hugging Face folder or a flaxft checkpoint/workdir; "" = random init
+    c.compilation_cache_dir = "auto"  # compiled steps kept for the next run of the same shapes:
+    # "auto" = $JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/flaxft/jax or ~/.cache/flaxft/jax;
+    # a folder; "" = none (flaxft/compilation_cache.py)
 
     c.model = model_defaults("bert")  # the family (its Hugging Face config fields) to train from scratch
 
@@ -200,6 +203,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise InputError("config.decoupled_weight_decay is for config.optimizer 'adamw' or 'stable_adamw', not 'lamb'")
     if not 0 < config.layerwise_lr_decay <= 1:
         raise InputError(f"config.layerwise_lr_decay must be in (0, 1] (1 = off), got {config.layerwise_lr_decay}")
+    cache = compilation_cache.cache_dir(config.compilation_cache_dir)
+    if cache is not None and cache.exists() and not cache.is_dir():
+        raise InputError(f"config.compilation_cache_dir {str(cache)!r} is a file, not a folder")
     if not 0 < config.data.mask_rate < 1:
         raise InputError(f"config.data.mask_rate must be in (0, 1), got {config.data.mask_rate}")
     if not 0 < config.data.eval_fraction < 1:

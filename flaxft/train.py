@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from flaxft import compilation_cache, finetune, loop, pretrain
 from flaxft import config as config_lib
-from flaxft import finetune, loop, pretrain
 from flaxft import workdir as workdir_lib
 from flaxft.errors import InputError
 
@@ -25,12 +25,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, flo
     """Trains as `config` says in `workdir`, resuming from its newest checkpoint.
 
     Checks the config and the workdir (usable, and not in use by another run) before
-    anything else, and every other input before compiling or writing. Returns the last
+    anything else, and every other input before compiling or writing. Compilations go
+    to (and come from) config.compilation_cache_dir (`flaxft.compilation_cache`). Returns the last
     logged metrics ({} when the workdir had already finished). Raises InputError on bad
     input, loop.NonFiniteLoss when the loss goes NaN/Inf under on_nonfinite="abort",
     checkpoint.SaveFailed when a checkpoint cannot be written.
     """
     config_lib.validate(config)
+    compilation_cache.use(config.compilation_cache_dir)
     path = Path(workdir).absolute()
     claim = _claim(path)
     with workdir_lib.held(claim):
