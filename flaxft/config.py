@@ -85,9 +85,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.task.epochs = 0.0  # fine-tuning: passes over the training rows, instead of num_train_steps
     c.task.text_fields = ""  # classification: one or two columns, comma separated ("" = dataset default)
     c.task.label_field = "label"
-    c.task.pack = "eval"  # classification, NER: several short examples per row. "eval": validation
-    # rows only (same metrics, fewer rows); "all": training rows too (fuller rows, so more
-    # examples per step and fewer steps per epoch: a different recipe); "none"
+    c.task.pack = "batches"  # classification, NER: several short examples per row. "batches": the
+    # global_batch_size examples of each step packed into as few rows as they fit (the same
+    # examples per step and the same loss as unpadded rows, without computing the padding), and
+    # validation rows; "eval": validation rows only (same metrics, fewer rows); "all": training
+    # rows too, before batching (fuller rows, so more examples per step and fewer steps per
+    # epoch: a different recipe); "none"
     c.task.max_segments = 16  # examples per packed row, at most
     c.task.tokens_field = "tokens"  # NER: pre-split words and their BIO tags
     c.task.tags_field = "ner_tags"
@@ -156,7 +159,7 @@ _CHOICES = {
     "data.format": ("bert", "roberta"),
     "on_nonfinite": ("abort", "skip"),
     "task.name": ("pretraining", "classification", "ner", "qa"),  # flaxft.tasks.FINETUNE_TASKS
-    "task.pack": ("none", "eval", "all"),
+    "task.pack": ("none", "eval", "batches", "all"),
 }
 _POSITIVE = (
     "global_batch_size", "grad_accum_steps", "seq_len", "log_every_steps",

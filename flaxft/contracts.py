@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-Batch = dict[str, jax.Array]  # a global batch on the mesh: every field [G, ...]
+Batch = dict[str, jax.Array]  # a global batch on the mesh: every field [G, ...], input_ids [G, L]
 HostBatch = dict[str, np.ndarray]  # this host's rows of it: every field [G / processes, ...]
 
 
@@ -52,7 +52,8 @@ class Loader(Protocol):
     """This host's training batches, a pure function of the step, checkpointable."""
 
     def get_batch(self, step: int) -> HostBatch:
-        """This host's rows of global step `step`."""
+        """This host's rows of global step `step`; every step's batch has the same shapes
+        (G rows, or for packed batches the run's row count)."""
 
     def __next__(self) -> HostBatch:
         """The next step's batch."""

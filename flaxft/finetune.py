@@ -21,7 +21,7 @@ from flax import traverse_util
 from flaxft import checkpoint, hf, optim, sharding
 from flaxft import config as config_lib
 from flaxft.contracts import HostBatch, Run
-from flaxft.data import Features, FinetuneLoader, concat_outputs, load_tokenizer
+from flaxft.data import Features, FinetuneLoader, PackedFinetuneLoader, concat_outputs, load_tokenizer
 from flaxft.data.tokenizer import copy_tokenizer_files, tokenizer_kind
 from flaxft.errors import InputError
 from flaxft.files import PathKind, kind_of, write_text_atomically
@@ -111,6 +111,19 @@ def fitted_model_config(config: ml_collections.ConfigDict, base: ModelConfig, nu
                         **config_lib.lora_fields(config))
 
 
+def train_loader(config: ml_collections.ConfigDict, task: FinetuneTask, features: Features,
+                 mesh: jax.sharding.Mesh) -> FinetuneLoader:
+    """The training loader: with task.pack "batches" (for a task that packs), every step's
+    examples packed into one row count for the run, a multiple of what the batch axis splits
+    into (the mesh's batch shards and the microbatches)."""
+    hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    if getattr(task, "pack", "none") != "batches":
+        return FinetuneLoader(features.arrays, config.global_batch_size, config.seed, **hosts)
+    row_multiple = math.lcm(sharding.batch_shards(mesh), config.grad_accum_steps)
+    return PackedFinetuneLoader(features.arrays, config.global_batch_size, config.seed, pack=task.pack_batch,
+                                num_steps=config.num_train_steps, row_multiple=row_multiple, **hosts)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     """Reads and checks a fine-tuning run's inputs (task data, tokenizer, init_from, mesh)
     and builds it; raises InputError on bad input and writes nothing.
@@ -155,7 +168,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     return Run(
         config=config, workdir=workdir, task=task, model=model, tx=tx, mesh=mesh, rules=rules,
         trainable=trainable, learning_rate_groups=learning_rate_groups,
-        train_loader=FinetuneLoader(task_data.train.arrays, config.global_batch_size, config.seed, **hosts),
+        train_loader=train_loader(config, task, task_data.train, mesh),
         evaluation=WholeSplit(task, task_data.validation, eval_loader, workdir),
         init_params=checkpoint.init_params_for(workdir, config.init_from, model, config.seed),
         write_files=checkpoint.run_files_writer(functools.partial(copy_tokenizer_files, tokenizer_dir),

@@ -284,7 +284,8 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
                       in_shardings=(state_shardings.params, batch_sharding))
     to_global = functools.partial(_to_global, batch_sharding=batch_sharding)
     t0 = time.monotonic()
-    step_fn = step_fn.lower(state, to_global(run.train_loader.get_batch(start))).compile()
+    first_batch = to_global(run.train_loader.get_batch(start))  # every step's shape (one per run)
+    step_fn = step_fn.lower(state, first_batch).compile()
     if is_writer:
         total, trains = _count(abstract.params), _count(optim.split(abstract.params, run.trainable)[0])
         print(f"{type(model).__name__}: {trains:,} of {total:,} parameters train ({trains / total:.1%}); "
@@ -296,7 +297,8 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
 
     writer = report.MetricsWriter(run.workdir, active=is_writer, purge_step=start + 1)
     progress = report.ProgressBar(config.num_train_steps, active=is_writer)
-    log = StepLogger(config, writer, progress, start, functools.partial(summarize, run.task))
+    log = StepLogger(config, writer, progress, start, first_batch["input_ids"].size,
+                     functools.partial(summarize, run.task))
     stop = False
     try:
         with Preemption() as preemption:
@@ -344,11 +346,14 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
 class StepLogger:
     """Reads each step's metrics one step late (after the next step is dispatched), checks
     they are finite, and logs the steps due (every log_every_steps, the first and the
-    last) with the training throughput."""
+    last) with the training throughput: tokens_per_sec counts the positions of the
+    batches' shape (rows x row length: padding included, packed rows as they are, so
+    a packed step counts the positions it computes, not its examples at seq_len)."""
 
-    def __init__(self, config, writer, progress, start: int, summarize=lambda metrics: metrics):
+    def __init__(self, config, writer, progress, start: int, tokens_per_step: int,
+                 summarize=lambda metrics: metrics):
         self.config, self.writer, self.progress, self.summarize = config, writer, progress, summarize
-        self.tokens_per_step = config.global_batch_size * config.seq_len
+        self.tokens_per_step = tokens_per_step
         self.first_step = start + 1  # logged too, so the starting loss shows at once
         self.pending = None
         self.last: dict[str, float] = {}  # the newest logged metrics

@@ -1,9 +1,10 @@
-"""FinetuneLoader: epoch shuffling, determinism, resume, host slicing, padded evaluation."""
+"""FinetuneLoader: epoch shuffling, determinism, resume, host slicing, padded evaluation;
+PackedFinetuneLoader: the same examples per step, packed into one row count per run."""
 
 import numpy as np
 import pytest
 
-from flaxft.data.loader import FinetuneLoader, concat_outputs
+from flaxft.data.loader import FinetuneLoader, PackedFinetuneLoader, concat_outputs
 from flaxft.errors import InputError
 
 N = 10
@@ -96,3 +97,72 @@ def test_bad_arguments():
         FinetuneLoader(arrays(), 5, process_count=2)
     with pytest.raises(ValueError, match="differ in length"):
         FinetuneLoader({"a": np.zeros(3), "b": np.zeros(4)}, 2)
+
+
+L = 8  # row length of the packed loader's examples
+
+
+def classification_arrays(n=23):
+    """Rows of 2..L real tokens (a token's id: 100 * its example's row + its position), labels = row."""
+    lengths = 2 + (np.arange(n) * 5) % (L - 1)
+    positions = np.arange(L)
+    mask = (positions < lengths[:, None]).astype(np.int32)
+    ids = (100 * np.arange(n)[:, None] + positions) * mask
+    return {"input_ids": ids.astype(np.int32), "attention_mask": mask, "token_type_ids": np.zeros_like(mask),
+            "labels": np.arange(n, dtype=np.int32)}
+
+
+def packed_examples(batch) -> list[int]:
+    """The example rows whose [CLS]-position label sits in a filled slot of a real row."""
+    filled = (batch["label_weights"] > 0) & (batch["weights"][:, None] > 0)
+    return sorted(batch["labels"][filled].tolist())
+
+
+def test_packed_batches_hold_each_steps_examples_in_one_row_count():
+    from flaxft.tasks.classification import Classification
+
+    pack = Classification(max_segments=4).pack_batch
+    plain = FinetuneLoader(classification_arrays(), 8, seed=3)
+    packed = PackedFinetuneLoader(classification_arrays(), 8, seed=3, pack=pack, num_steps=9)
+    needed = [len(pack({k: v for k, v in plain.get_batch(s).items() if k != "weights"})["input_ids"])
+              for s in range(9)]
+    assert packed.rows == max(needed) < 8 and len(set(needed)) > 1  # the most any step needs
+    for step in range(9):
+        batch = packed.get_batch(step)
+        assert batch["input_ids"].shape == (packed.rows, L) and batch["weights"].shape == (packed.rows,)
+        assert batch["weights"].tolist() == [1.0] * needed[step] + [0.0] * (packed.rows - needed[step])
+        assert packed_examples(batch) == sorted(rows_of(plain.get_batch(step)))  # the same examples
+        tokens = batch["input_ids"][(batch["segment_ids"] > 0) & (batch["weights"][:, None] > 0)]
+        assert sorted(tokens.tolist()) == sorted(  # every real token once, none of padding
+            plain.get_batch(step)["input_ids"][plain.get_batch(step)["attention_mask"] > 0].tolist())
+    again = PackedFinetuneLoader(classification_arrays(), 8, seed=3, pack=pack, num_steps=9)
+    again.restore({"step": 4, "seed": 3, "global_batch_size": 8, "num_examples": 23})
+    for step in range(4, 9):  # deterministic, and a resumed loader serves the same batches
+        expected, got = packed.get_batch(step), next(again)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key])
+    rounded = PackedFinetuneLoader(classification_arrays(), 8, seed=3, pack=pack, num_steps=9, row_multiple=4)
+    assert rounded.rows == 4 * -(-packed.rows // 4)
+    short = PackedFinetuneLoader(classification_arrays(), 8, seed=3, pack=pack, num_steps=1)
+    past = next(s for s in range(9) if needed[s] > needed[0])
+    with pytest.raises(ValueError, match="more than the"):
+        short.get_batch(past)
+
+
+def test_packed_hosts_pack_their_own_slice_into_the_same_row_count():
+    from flaxft.tasks.classification import Classification
+
+    pack = Classification(max_segments=4).pack_batch
+    hosts = [PackedFinetuneLoader(classification_arrays(), 8, seed=1, pack=pack, num_steps=6, process_index=p,
+                                  process_count=2) for p in range(2)]
+    whole = FinetuneLoader(classification_arrays(), 8, seed=1)
+    assert hosts[0].rows == hosts[1].rows
+    for step in range(6):
+        expected = rows_of(whole.get_batch(step))
+        for p, host in enumerate(hosts):
+            assert packed_examples(host.get_batch(step)) == sorted(expected[4 * p : 4 * p + 4])
+
+
+def rows_of(batch):
+    return batch["labels"].tolist()

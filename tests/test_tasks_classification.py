@@ -431,3 +431,35 @@ def test_works_with_a_flaxft_trained_wordpiece_tokenizer(tmp_path):
     assert (ids[:, 0] == 2).all()  # [CLS]
     assert (ids[np.arange(len(ids)), lengths - 1] == 3).all()  # [SEP] closes every row
     assert ids.max() < 60
+
+
+def test_a_packed_training_batch_has_the_unpacked_batchs_loss_and_gradients(tokenizer):
+    """task.pack="batches" keeps the recipe: a step's examples packed into fewer rows give
+    the same loss and the same gradients as the same examples one per row (dropout off)."""
+    import flax.linen as nn
+
+    from flaxft.data import FinetuneLoader, PackedFinetuneLoader
+    from flaxft.models import BertConfig, BertForSequenceClassification, init_params
+
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=SEQ_LEN,
+                        num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForSequenceClassification(config)
+    params = jax.jit(lambda key: nn.meta.unbox(init_params(model, key, SEQ_LEN)))(jax.random.key(0))
+    features = cls.make_features(Split(sentiment_rows(24), "x"), tokenizer, SEQ_LEN, labels=["neg", "pos"])
+    task = cls.Classification(max_segments=4)
+    unpacked = FinetuneLoader(features.arrays, 8, seed=0).get_batch(1)
+    packed_loader = PackedFinetuneLoader(features.arrays, 8, seed=0, pack=task.pack_batch, num_steps=3,
+                                         row_multiple=4)
+    packed = packed_loader.get_batch(1)
+    assert packed_loader.rows < 8 and packed["weights"].sum() < packed_loader.rows  # fewer rows, and a filler
+
+    @jax.jit
+    @jax.value_and_grad
+    def loss(params, batch):
+        out = model.apply({"params": params}, **task.model_inputs(batch))
+        return task.loss_and_metrics(out, batch, task.normalizers(batch))[0]
+
+    (value, grads), (packed_value, packed_grads) = (loss(params, jax_batch(b, b["weights"])) for b in (unpacked, packed))
+    assert float(packed_value) == pytest.approx(float(value), rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), packed_grads, grads)

@@ -9,7 +9,7 @@ and files.
 from flaxft.data.corpus import DEFAULT_CORPUS, default_corpus, read_documents
 from flaxft.data.examples import FORMATS, Examples, make_examples, split_documents
 from flaxft.data.features import Features, RowTemplate, padding_fraction, stack_rows, truncate_pair
-from flaxft.data.loader import FinetuneLoader, PretrainLoader, StepLoader, concat_outputs
+from flaxft.data.loader import FinetuneLoader, PackedFinetuneLoader, PretrainLoader, StepLoader, concat_outputs
 from flaxft.data.masking import mask_example
 from flaxft.data.pipeline import build_examples
 from flaxft.data.records import Split, load_splits, read_split
@@ -31,6 +31,7 @@ __all__ = [
     "Examples",
     "Features",
     "FinetuneLoader",
+    "PackedFinetuneLoader",
     "PretrainLoader",
     "RowLayout",
     "RowTemplate",

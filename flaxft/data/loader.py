@@ -14,12 +14,17 @@ on restore.
   (`shuffle=False`) is one pass in row order instead, `num_batches = ceil(N / G)`, the
   last batch filled up with copies of row 0 (real inputs, so the model's outputs on them
   are finite) whose `weights` are 0; `concat_outputs` drops them again.
+- `PackedFinetuneLoader`: the same training batches (the same G examples per step), each
+  packed by the task into as few rows as its examples fit, then filled up to one row
+  count for the whole run (the most any of its steps needs, on any host): one compiled
+  shape, and no work on padding positions beyond the filler rows.
 """
 
 import collections
 import concurrent.futures
 import functools
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -72,15 +77,17 @@ class StepLoader:
     def get_batch(self, step: int) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def positions(self, step: int) -> np.ndarray:
-        """[b] positions in the global stream of this host's rows of step `step`."""
-        first = step * self.global_batch_size + self.process_index * self.local_batch_size
+    def positions(self, step: int, process_index: int | None = None) -> np.ndarray:
+        """[b] positions in the global stream of this host's (or host `process_index`'s)
+        rows of step `step`."""
+        host = self.process_index if process_index is None else process_index
+        first = step * self.global_batch_size + host * self.local_batch_size
         return np.arange(first, first + self.local_batch_size)
 
-    def stream_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(epochs [b], rows [b]): which epoch and example row each of this host's rows of
-        step `step` comes from."""
-        epochs, offsets = np.divmod(self.positions(step), self.num_examples)
+    def stream_rows(self, step: int, process_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(epochs [b], rows [b]): which epoch and example row each of this host's (or host
+        `process_index`'s) rows of step `step` comes from."""
+        epochs, offsets = np.divmod(self.positions(step, process_index), self.num_examples)
         rows = np.empty_like(offsets)
         for epoch in np.unique(epochs).tolist():
             here = epochs == epoch
@@ -284,6 +291,65 @@ class FinetuneLoader(StepLoader):
         if self.shuffle:
             return self
         return (self.get_batch(i) for i in range(self.num_batches))
+
+
+class PackedFinetuneLoader(FinetuneLoader):
+    """Training batches of `FinetuneLoader` (the same b examples of every step), packed:
+    `pack` lays a batch's examples into R <= b rows, and the batch is filled up to `rows`
+    rows with copies of its first row whose `weights` are 0.
+
+    rows: the most rows any of the first `num_steps` steps needs on any host, rounded up
+    to a multiple of `row_multiple` (what the batch axis divides into: devices,
+    microbatches). Every step of the run has this one shape, known before the first.
+    Batch dict: the fields `pack` returns, each [rows, ...], plus `weights` [rows]
+    float32 (1 on packed rows).
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        global_batch_size: int,
+        seed: int = 0,
+        *,
+        pack: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+        num_steps: int,
+        row_multiple: int = 1,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        """
+        Args:
+            pack: unpacked rows of a batch ({field: [b, ...]}, without weights) -> packed
+                rows ({field: [R, ...]}, R <= b), a pure function (the task's).
+            num_steps: steps the run takes: `rows` fits each of them.
+            row_multiple: `rows` is a multiple of it.
+            The rest: see `FinetuneLoader` (always shuffled, no prefetching).
+        """
+        super().__init__(arrays, global_batch_size, seed, shuffle=True, process_index=process_index,
+                         process_count=process_count)
+        self.pack = pack
+        needed = max(
+            (self._packed(step, host)[1] for step in range(num_steps) for host in range(process_count)), default=1
+        )
+        self.rows = math.ceil(needed / row_multiple) * row_multiple
+
+    def _packed(self, step: int, process_index: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+        """(packed fields, their row count) of a host's examples of step `step`."""
+        _, rows = self.stream_rows(step, process_index)
+        packed = self.pack({key: value[rows] for key, value in self.arrays.items()})
+        return packed, len(next(iter(packed.values())))
+
+    def get_batch(self, step: int) -> dict[str, np.ndarray]:
+        """This host's packed batch for global step `step` (a pure function of `step`).
+
+        Raises ValueError when the step needs more than `rows` rows (a step past num_steps)."""
+        packed, count = self._packed(step)
+        if count > self.rows:
+            raise ValueError(f"step {step} packs into {count} rows, more than the {self.rows} planned")
+        fill = np.concatenate([np.arange(count), np.zeros(self.rows - count, np.int64)])
+        batch = {key: value[fill] for key, value in packed.items()}
+        batch["weights"] = (np.arange(self.rows) < count).astype(np.float32)
+        return batch
 
 
 def concat_outputs(

@@ -88,7 +88,8 @@ def build(
 
     text_fields: one or two columns ("sentence1,sentence2"); default: the GLUE task's
     columns when `dataset` is a GLUE task, else "text".
-    pack: which splits to `pack_features`: "eval" (validation), "all" or "none".
+    pack: which splits to `pack_features`: "eval" and "batches" (validation; with "batches"
+    the loader packs each training batch, `pack_batch`), "all" or "none".
     """
     train, validation = load_splits(train_file, validation_file, dataset)
     fields = split_fields(text_fields) or list(GLUE_TEXT_FIELDS.get(glue_task(dataset), ("text",)))
@@ -98,7 +99,7 @@ def build(
     validation_features = make_features(validation, tokenizer, seq_len, **options) if validation else None
     if pack == "all":
         train_features = pack_features(train_features, max_segments=max_segments)
-    if pack in ("eval", "all") and validation_features is not None:
+    if pack in ("eval", "batches", "all") and validation_features is not None:
         validation_features = pack_features(validation_features, max_segments=max_segments)
     names = tuple(str(label) for label in labels) if labels is not None else ()
     return TaskData(train_features, validation_features, num_labels=len(names) or 1, id2label=names)
@@ -358,7 +359,7 @@ class Classification:
 
     text_fields: str = ""
     label_field: str = "label"
-    pack: str = "eval"
+    pack: str = "batches"
     max_segments: int = packing.DEFAULT_MAX_SEGMENTS
 
     def build(self, tokenizer: Tokenizer, seq_len: int, *, train_file: str, validation_file: str,
@@ -369,6 +370,12 @@ class Classification:
 
     def evaluate(self, outputs: dict[str, np.ndarray], features: Features) -> tuple[dict[str, float], list[dict]]:
         return evaluate(outputs, features)
+
+    def pack_batch(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One training batch's unpacked rows ({field: [b, ...]}) packed (`pack_features`):
+        the packed batch fields, [R, ...] with R <= b."""
+        features = Features(arrays, {"example_index": np.arange(len(arrays["labels"]))})
+        return pack_features(features, max_segments=self.max_segments).arrays
 
     def model_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """The model call's keyword inputs (segment_ids and cls_positions when packed)."""

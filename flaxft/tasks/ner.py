@@ -56,7 +56,8 @@ def build(
 ) -> TaskData:
     """Reads both splits, takes the tag list from the training split, prepares both.
 
-    pack: which splits to `pack_features`: "eval" (validation), "all" or "none".
+    pack: which splits to `pack_features`: "eval" and "batches" (validation; with "batches"
+    the loader packs each training batch, `pack_batch`), "all" or "none".
     """
     train, validation = load_splits(train_file, validation_file, dataset)
     tags = infer_tags(train, tokens_field, tags_field)
@@ -65,7 +66,7 @@ def build(
     validation_features = make_features(validation, tokenizer, seq_len, **options) if validation else None
     if pack == "all":
         train_features = pack_features(train_features, max_segments)
-    if pack in ("eval", "all") and validation_features is not None:
+    if pack in ("eval", "batches", "all") and validation_features is not None:
         validation_features = pack_features(validation_features, max_segments)
     return TaskData(train_features, validation_features, num_labels=len(tags), id2label=tuple(tags))
 
@@ -271,7 +272,7 @@ class NER:
 
     tokens_field: str = "tokens"
     tags_field: str = "ner_tags"
-    pack: str = "eval"
+    pack: str = "batches"
     max_segments: int = packing.DEFAULT_MAX_SEGMENTS
 
     def build(self, tokenizer: Tokenizer, seq_len: int, *, train_file: str, validation_file: str,
@@ -282,6 +283,11 @@ class NER:
 
     def evaluate(self, outputs: dict[str, np.ndarray], features: Features) -> tuple[dict[str, float], list[dict]]:
         return evaluate(outputs, features)
+
+    def pack_batch(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One training batch's unpacked rows ({field: [b, L]}) packed (`pack_features`):
+        the packed batch fields, [R, L] with R <= b."""
+        return pack_features(Features(arrays), self.max_segments).arrays
 
     def model_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """The model call's keyword inputs (segment_ids when packed)."""
