@@ -457,12 +457,13 @@ def load_init_params(path: str | os.PathLike, model: nn.Module, seed: int) -> di
     """Parameters for a new run of `model` from `init_from`: a Hugging Face folder or a
     flaxft checkpoint or workdir (a LoRA run's with its adapters merged into the kernels).
     Heads and LoRA adapters the source lacks start afresh; shape mismatches are
-    InputErrors naming the parameter."""
+    InputErrors naming the parameter. Refitted in one compiled function: op by op,
+    initialising a new head (which traces the whole model's init) takes seconds."""
     if kind_of(path) is PathKind.HF_FOLDER:
         params = _read_hf_folder(path, model)
     else:
         _, params = lora.merge(*load_model(path))
-    return fit_params(params, model, seed)
+    return jax.jit(functools.partial(fit_params, model=model, seed=seed))(params)
 
 
 def _read_hf_folder(path: str | os.PathLike, model: nn.Module) -> dict:

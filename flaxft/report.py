@@ -33,9 +33,7 @@ class MetricsWriter:
         self.active = active
         self._tb = None
         if active:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.workdir / TENSORBOARD_DIR), purge_step=purge_step)
+            self._tb = _summary_writer_class()(str(self.workdir / TENSORBOARD_DIR), purge_step=purge_step)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
@@ -52,6 +50,23 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch, when
+    it is installed, only to accept its tensors (a second of start-up; the writer gets
+    floats here), so `import torch` fails while tensorboardX loads, unless torch is loaded
+    already."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _plain(value):
