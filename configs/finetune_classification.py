@@ -24,7 +24,8 @@ def get_config():
     config.global_batch_size = 32
     config.seq_len = 64
     config.learning_rate = 5e-5
-    config.warmup_steps = 6  # ~10% of the demo's steps
+    config.warmup_steps = 0
+    config.warmup_ratio = 0.1  # warmup over the first 10% of the steps (--config.warmup_steps=N instead)
     config.weight_decay = 0.01
     config.log_every_steps = 10
     config.eval_every_steps = 1000  # and at the end

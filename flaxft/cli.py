@@ -27,9 +27,12 @@ def set_offline_defaults() -> None:
 
 
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull")
-# Keys that exclude each other, each with its "not set" value: when the command line sets
-# one of them, the config file's value of the other gives way.
-EXCLUSIVE_KEYS = (("num_train_steps", 0), ("task.epochs", 0.0))
+# Pairs of keys that exclude each other, each with its "not set" value: when the command line
+# sets one of a pair, the config file's value of the other gives way.
+EXCLUSIVE_KEYS = (
+    (("num_train_steps", 0), ("task.epochs", 0.0)),
+    (("warmup_steps", 0), ("warmup_ratio", 0.0)),
+)
 
 
 def define_config_flag():
@@ -78,9 +81,10 @@ def parse_flags(doc: str) -> ml_collections.ConfigDict:
 def give_way_to_overrides(config: ml_collections.ConfigDict, overridden: Collection[str]) -> None:
     """Of each pair of EXCLUSIVE_KEYS, resets the one the config file set to its "not set"
     value when `overridden` (the dotted keys the command line set) holds the other only."""
-    for (key, unset), (other, other_unset) in (EXCLUSIVE_KEYS, EXCLUSIVE_KEYS[::-1]):
-        if key in overridden and other not in overridden:
-            _set(config, other, other_unset)
+    for pair in EXCLUSIVE_KEYS:
+        for (key, _), (other, other_unset) in (pair, pair[::-1]):
+            if key in overridden and other not in overridden:
+                _set(config, other, other_unset)
 
 
 def usage(doc: str) -> str:

@@ -29,6 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
     # max(1, sqrt(mean(g^2 / v))): Wortsman et al. 2023, as ModernBERT trains), or "lamb"
     c.learning_rate = 1e-4
     c.warmup_steps = 100
+    c.warmup_ratio = 0.0  # instead of warmup_steps (which must then be 0): this share of the run's steps,
+    # int(warmup_ratio * num_train_steps) as transformers rounds it
     c.lr_schedule = "linear"  # after warmup: "linear" or "cosine" decay to end_learning_rate; "wsd" (warmup-
     # stable-decay) holds learning_rate, then decays to end_learning_rate over the last decay_steps (1 - sqrt)
     c.decay_steps = 0  # "wsd" only: the final steps that decay (Hägele et al. 2024); 0 with other schedules
@@ -250,10 +252,24 @@ def _check_length(config: ml_collections.ConfigDict) -> None:
         raise InputError("fine-tuning needs config.num_train_steps or config.task.epochs")
 
 
+def resolve_warmup(config: ml_collections.ConfigDict) -> None:
+    """Sets warmup_steps from warmup_ratio when that is set; call once num_train_steps is known."""
+    if config.warmup_ratio:
+        config.warmup_steps = int(config.warmup_ratio * config.num_train_steps)
+
+
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
     """decay_steps belongs to "wsd", which needs it; warmup and decay fit into the run (fine-tuning
-    that gives task.epochs learns its length later: optim.learning_rate_schedule checks then)."""
+    that gives task.epochs learns its length later: optim.learning_rate_schedule checks then);
+    warmup_ratio in [0, 1), and not with warmup_steps."""
+    if not 0 <= config.warmup_ratio < 1:
+        raise InputError(f"config.warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
+    if config.warmup_ratio and config.warmup_steps:
+        raise InputError(f"config.warmup_steps ({config.warmup_steps}) and config.warmup_ratio "
+                         f"({config.warmup_ratio}) are both set; set one (the other to 0)")
     warmup, decay, steps = config.warmup_steps, config.decay_steps, config.num_train_steps
+    if config.warmup_ratio:
+        warmup = int(config.warmup_ratio * steps)
     if config.lr_schedule != "wsd":
         if decay:
             raise InputError(f"config.decay_steps ({decay}) is for config.lr_schedule 'wsd'; "

@@ -130,7 +130,8 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
 
     The returned run's config is a copy whose `model` group is the model trained (init_from's
     family and fields, the task's head size) and whose num_train_steps comes from
-    task.epochs when that is set (epochs x training rows / global_batch_size, rounded up)."""
+    task.epochs when that is set (epochs x training rows / global_batch_size, rounded up), and
+    whose warmup_steps comes from warmup_ratio when that is set."""
     workdir = Path(workdir)
     task = from_config(FINETUNE_TASKS[config.task.name], config.task)
     tokenizer_dir = tokenizer_source(config)
@@ -159,6 +160,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     config.model = config_lib.model_group(model_family.name, model.config)  # config.json tells the model trained
     if config.task.epochs:  # the run's length in passes over the training rows
         config.num_train_steps = math.ceil(config.task.epochs * len(task_data.train) / config.global_batch_size)
+    config_lib.resolve_warmup(config)
     mesh, rules = sharding.mesh_for(config.mesh, abstract_params(model, boxed=True), config.global_batch_size,
                                     config.grad_accum_steps)
     tx, trainable, learning_rate_groups = optim.for_model(config, abstract_params(model), model_family.depth,

@@ -89,8 +89,11 @@ def pretraining_task(config: ml_collections.ConfigDict, model_family: Family) ->
 def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     """Reads and checks every input of a pretraining run (corpus, tokenizer, model, mesh)
     and builds it. Raises InputError on bad input. Writes nothing to the workdir but the
-    examples cache (WORKDIR/cache unless data.cache_dir), once every check has passed."""
+    examples cache (WORKDIR/cache unless data.cache_dir), once every check has passed. The
+    run's config is a copy whose warmup_steps comes from warmup_ratio when that is set."""
     workdir = Path(workdir)
+    config = config.copy_and_resolve_references()
+    config_lib.resolve_warmup(config)
     model_family = family_named(config.model.family)
     documents = data.read_documents(config.data.path, config.data.text_column)
     tokenizer, write_tokenizer = tokenizer_of(config, workdir, documents, model_family.tokenizer)

@@ -79,6 +79,20 @@ def test_the_command_line_run_length_wins_and_both_is_an_error():
                                    "set one: a number of steps, or of passes over the training rows")
 
 
+def test_warmup_is_steps_or_a_ratio_of_the_run_and_the_command_line_wins():
+    from_file = json.loads(print_config().stdout)
+    assert (from_file["warmup_ratio"], from_file["warmup_steps"]) == (0.1, 0)
+    steps = json.loads(print_config("--config.warmup_steps=4").stdout)
+    assert (steps["warmup_ratio"], steps["warmup_steps"]) == (0.0, 4)
+    config = set_dotted(config_lib.default_config(), {"num_train_steps": 63, "warmup_steps": 0, "warmup_ratio": 0.1})
+    config_lib.validate(config)
+    config_lib.resolve_warmup(config)
+    assert config.warmup_steps == 6  # int(0.1 * 63), transformers' rounding
+    for values, message in (({"warmup_ratio": 0.1}, "are both set"), ({"warmup_ratio": 1.0}, r"in \[0, 1\)")):
+        with pytest.raises(InputError, match=message):
+            config_lib.validate(set_dotted(config_lib.default_config(), {"num_train_steps": 5, **values}))
+
+
 @pytest.mark.parametrize(
     "values, message",
     [
