@@ -309,6 +309,9 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
                 log.dispatched(done, step_metrics)
                 final = done == config.num_train_steps
                 stop = preemption.stop_at(done)
+                if done % config.checkpoint_every_steps == 0 or final or stop:  # written while evaluating
+                    log.flush()  # in abort mode, never save a state whose loss is not finite
+                    ckpt.save(done, state, model, run.train_loader.state(), config.to_dict())
                 if done % config.eval_every_steps == 0 or final:
                     log.flush()
                     evaluation, outputs = run.evaluation, []
@@ -320,20 +323,17 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
                     progress.message(f"eval step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in eval_scalars.items()))
                     log.last.update(eval_scalars)
                     log.restart_clock(done)
-                if done % config.checkpoint_every_steps == 0 or final or stop:
-                    log.flush()  # in abort mode, never save a state whose loss is not finite
-                    ckpt.save(done, state, model, run.train_loader.state(), config.to_dict())
                 if stop:
                     ckpt.wait()
                     why = "interrupted" if preemption.interrupted else "preempted"
                     progress.message(f"{why}: stopped at step {done}; checkpoint saved in {ckpt.root / str(done)}")
                     break
+        plot = report.plot_losses(run.workdir) if not stop and is_writer else None  # while the last save writes
         ckpt.wait()
     finally:
         ckpt.wait(check=False)
         writer.close()
     if not stop and is_writer:
-        plot = report.plot_losses(run.workdir)
         print(f"done: step {config.num_train_steps}; checkpoints in {ckpt.root}; plot {plot}")
     # Closed only after success: closing after a failed restore makes Orbax's background
     # threads print tracebacks over the one-line error.
