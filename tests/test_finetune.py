@@ -5,6 +5,7 @@ real runs."""
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -100,14 +101,19 @@ TINY_MODEL = {"model.hidden_size": 32, "model.num_hidden_layers": 2, "model.num_
               "model.intermediate_size": 64, "model.initializer_range": 0.2}
 
 
-def tiny_run(workdir: Path, tokenizer_dir: Path, task: str, files: dict, steps: int, **overrides) -> dict:
-    """Fine-tunes a small random model (the given tokenizer) on `files`; the last metrics."""
+def tiny_config(tokenizer_dir: Path, task: str, files: dict, steps: int, **overrides):
+    """A small random model (the given tokenizer) fine-tuned on `files` for `steps` steps."""
     config = config_lib.default_config()
     config.task.update(name=task, **{k: str(v) for k, v in files.items()})
     config.update(num_train_steps=steps, global_batch_size=16, seq_len=64, learning_rate=1e-3, warmup_steps=2,
                   log_every_steps=steps, eval_every_steps=steps, checkpoint_every_steps=steps)
     config.data.tokenizer = str(tokenizer_dir)
-    return train.run(set_dotted(config, {**TINY_MODEL, **overrides}), str(workdir))
+    return set_dotted(config, {**TINY_MODEL, **overrides})
+
+
+def tiny_run(workdir: Path, tokenizer_dir: Path, task: str, files: dict, steps: int, **overrides) -> dict:
+    """`tiny_config`'s run in `workdir`; the last metrics."""
+    return train.run(tiny_config(tokenizer_dir, task, files, steps, **overrides), str(workdir))
 
 
 def export(workdir: Path, out: Path) -> Path:
@@ -508,3 +514,41 @@ def test_frozen_parameters_stay_put_hold_no_optimizer_state_and_resume_bit_ident
                                          r"encoder/layer_0/.* is only in this run\): what trains or the optimizer"):
         train.run(config, str(tmp_path / "changed"))
     assert (tmp_path / "changed" / "checkpoints" / "2").is_dir()
+@pytest.mark.slow
+def test_packed_fine_tuning_resumes_bit_identically(tmp_path, task_files, minilm_dir):
+    """task.pack="batches" on 8 devices: a run resumed from its step-3 checkpoint ends as the
+    uninterrupted run did (the batches, their row count and the dropout draws are functions
+    of the step)."""
+    files = dict(zip(("train_file", "validation_file"), small_classification(task_files, tmp_path, 64)))
+    config = tiny_config(minilm_dir, "classification", files, 6, log_every_steps=1, checkpoint_every_steps=3,
+                         seq_len=48)
+    train.run(config, str(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["task"]["pack"] == "batches"
+    assert_resumes_bit_identically(config, tmp_path / "run", tmp_path / "resumed", from_step_removed=6)
+
+
+@pytest.mark.slow
+def test_packed_fine_tuning_on_8_devices_matches_one_device(tmp_path, task_files, minilm_dir):
+    """The same packed steps on a mesh of 8 devices (rows rounded up to a multiple of 8,
+    the fillers weighing nothing) and on one device (no filler needed), dropout off: the
+    same losses and predictions up to float rounding."""
+    from flaxft import report
+
+    files = dict(zip(("train_file", "validation_file"), small_classification(task_files, tmp_path, 64)))
+    options = {"log_every_steps": 1, "seq_len": 48, "model.hidden_dropout_prob": 0.0,
+               "model.attention_probs_dropout_prob": 0.0}
+    tiny_run(tmp_path / "mesh", minilm_dir, "classification", files, 4, **options)
+    script = (f"from pathlib import Path; from tests.test_finetune import tiny_run; "
+              f"tiny_run(Path({str(tmp_path / 'one')!r}), Path({str(minilm_dir)!r}), 'classification', "
+              f"{ {k: str(v) for k, v in files.items()}!r}, 4, **{options!r})")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "over 1 cpu devices" in result.stdout
+
+    def losses(work):
+        return [r["loss"] for r in report.read_metrics(work) if "loss" in r]
+
+    np.testing.assert_allclose(losses(tmp_path / "one"), losses(tmp_path / "mesh"), rtol=1e-5)
+    predictions = [read_jsonl(tmp_path / w / finetune.PREDICTIONS) for w in ("one", "mesh")]
+    assert [p["prediction"] for p in predictions[0]] == [p["prediction"] for p in predictions[1]]
