@@ -1,8 +1,8 @@
 """The offline demo data: deterministic, balanced enough, learnable, loadable by each task."""
 
 import collections
-import statistics
 import re
+import statistics
 
 import numpy as np
 import pytest
