@@ -514,6 +514,8 @@ def test_frozen_parameters_stay_put_hold_no_optimizer_state_and_resume_bit_ident
                                          r"encoder/layer_0/.* is only in this run\): what trains or the optimizer"):
         train.run(config, str(tmp_path / "changed"))
     assert (tmp_path / "changed" / "checkpoints" / "2").is_dir()
+
+
 @pytest.mark.slow
 def test_packed_fine_tuning_resumes_bit_identically(tmp_path, task_files, minilm_dir):
     """task.pack="batches" on 8 devices: a run resumed from its step-3 checkpoint ends as the
