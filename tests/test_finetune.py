@@ -159,7 +159,8 @@ def pair_and_regression_files(task_files: Path, folder: Path) -> dict:
 def test_pairs_packed_and_unpacked_evaluation_agree_and_export_predicts_the_same(tmp_path, task_files, minilm_dir):
     files = pair_and_regression_files(task_files, tmp_path)["pairs"]
     options = {"task.text_fields": "sentence1,sentence2"}
-    packed = tiny_run(tmp_path / "packed", minilm_dir, "classification", files, 12, **options)
+    packed = tiny_run(tmp_path / "packed", minilm_dir, "classification", files, 12, **options,
+                      **{"task.pack": "eval"})
     unpacked = tiny_run(tmp_path / "unpacked", minilm_dir, "classification", files, 12, **options,
                         **{"task.pack": "none"})
     features = classification.build(load_tokenizer(str(minilm_dir)), 64, text_fields="sentence1,sentence2",
@@ -257,7 +258,7 @@ def test_ner_end_to_end_packed_evaluation_and_export(tmp_path, task_files, minil
     # Barely trained: the wide random head still tags words differently (a trained tiny
     # model tags everything "O" here), which makes the comparisons below telling.
     options = {"learning_rate": 1e-5, "warmup_steps": 1}
-    last = tiny_run(tmp_path / "work", minilm_dir, "ner", files, 2, **options)
+    last = tiny_run(tmp_path / "work", minilm_dir, "ner", files, 2, **options, **{"task.pack": "eval"})
     unpacked = tiny_run(tmp_path / "unpacked", minilm_dir, "ner", files, 2, **options, **{"task.pack": "none"})
     assert {"eval_f1", "eval_precision", "eval_recall", "eval_accuracy"} <= set(last)
     assert {k: v for k, v in last.items() if k.startswith("eval_")} == {

@@ -166,9 +166,10 @@ def finetune_run(workdir: Path, init_from: Path, task: str, files: dict, steps: 
 
 def packed_and_unpacked(tmp_path: Path, init_from: Path, task: str, files: dict, steps: int,
                         **overrides) -> tuple[Path, dict]:
-    """The run with packed evaluation rows (the default) and with none: the same metrics and
-    predictions. Returns the packed run's workdir and evaluation metrics."""
-    config = finetune_config(init_from, task, files, steps, **overrides)
+    """The run with packed evaluation rows (task.pack "eval": training rows unpacked, as in the
+    other run) and with none: the same metrics and predictions. Returns the packed run's
+    workdir and evaluation metrics."""
+    config = finetune_config(init_from, task, files, steps, **overrides, **{"task.pack": "eval"})
     packed = train.run(config, str(tmp_path / "packed"))
     segments = finetune.setup(config, tmp_path / "packed").evaluation.features.arrays["segment_ids"]
     assert segments.max() > 1  # rows really hold several examples
