@@ -28,8 +28,8 @@ summary comes before it. Bad input exits 2 with one line.
 MFU is model FLOPs per second (the family's `train_flops`: the work the model needs, not
 what XLA happens to execute) over the peak of the devices used: the published dense
 bf16 peak for known TPU / GPU kinds, else (CPU) a peak measured here with a large
-float32 matmul on all local devices at once (before and after the timed steps; the
-best is kept). On CPU, `mfu_cpu_time` is the same ratio counted in process CPU seconds
+matmul in the model's compute dtype (float32 accumulation) on all local devices at once
+(before and after the timed steps; the best is kept). On CPU, `mfu_cpu_time` is the same ratio counted in process CPU seconds
 (all threads) for both the step and the matmul: on a machine shared with other jobs it
 moves far less than the wall-clock `mfu`.
 """
@@ -68,7 +68,6 @@ PUBLISHED_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("tpu v6e", 918e12),
 )
 PEAK_PUBLISHED = "published bf16 peak"
-PEAK_MEASURED = "measured f32 matmul"
 
 _JSON_FIELDS = (
     "step_time_s", "tokens_per_sec", "mfu", "model_flops_per_token", "model_flops_per_step",
@@ -89,10 +88,11 @@ def published_peak_flops(device_kind: str) -> float | None:
     return None
 
 
-def measure_matmul_peak(size: int = 2048, repeats: int = 4, trials: int = 3) -> tuple[float, float]:
+def measure_matmul_peak(size: int = 2048, repeats: int = 4, trials: int = 3,
+                        dtype: str = "float32") -> tuple[float, float]:
     """(FLOP/s per device, FLOPs per second of process CPU time) of `repeats` chained
-    float32 [size, size] matmuls, run on every local device at once; the best of `trials`
-    after a warm-up call. The second number does not depend on how many cores other
+    [size, size] matmuls in `dtype` (float32 accumulation, as the models' products), run
+    on every local device at once; the best of `trials` after a warm-up call. The second number does not depend on how many cores other
     processes take from this one, so it is the stabler denominator on a shared machine."""
     import jax
     import jax.numpy as jnp
@@ -103,14 +103,15 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 4, trials: int = 3) -> 
     mesh = Mesh(np.asarray(devices), ("d",))
     split = NamedSharding(mesh, PartitionSpec("d"))
     rng = np.random.default_rng(0)
-    x = jax.device_put(rng.standard_normal((len(devices), size, size), np.float32), split)
-    w = jax.device_put(
-        (rng.standard_normal((len(devices), size, size)) / np.sqrt(size)).astype(np.float32), split
-    )
+    x = jax.device_put(jnp.asarray(rng.standard_normal((len(devices), size, size)), dtype), split)
+    w = jax.device_put(jnp.asarray(rng.standard_normal((len(devices), size, size)) / np.sqrt(size), dtype), split)
 
     @functools.partial(jax.jit, in_shardings=(split, split), out_shardings=split)
     def chain(x, w):
-        return jax.lax.fori_loop(0, repeats, lambda _, y: jnp.einsum("dij,djk->dik", y, w), x)
+        def product(_, y):
+            return jnp.einsum("dij,djk->dik", y, w, preferred_element_type=jnp.float32).astype(dtype)
+
+        return jax.lax.fori_loop(0, repeats, product, x)
 
     jax.block_until_ready(chain(x, w))
     best_wall = best_cpu = float("inf")
@@ -121,6 +122,11 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 4, trials: int = 3) -> 
         best_cpu = min(best_cpu, time.process_time() - cpu)
     flops = 2 * size**3 * repeats
     return flops / best_wall, flops * len(devices) / best_cpu
+
+
+def measured_peak_source(dtype: str) -> str:
+    """The JSON's peak_flops_source for a peak measured with `dtype` products."""
+    return f"measured {dtype} matmul"
 
 
 def uses_published_peak() -> bool:
@@ -231,7 +237,8 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048, pad_fract
 
     # On CPU the peak is measured before and after the steps and the best is kept: other
     # processes on a shared machine slow both down, and a low peak would inflate MFU.
-    measured = [measure_matmul_peak(matmul_size)] if not uses_published_peak() else []
+    dtype = str(model.config.compute_dtype)
+    measured = [measure_matmul_peak(matmul_size, dtype=dtype)] if not uses_published_peak() else []
     step_times, step_cpu_times, step_faults = [], [], []
     for i in range(warmup + steps):
         wall, cpu, faults = time.perf_counter(), time.process_time(), page_faults()
@@ -243,7 +250,7 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048, pad_fract
             step_faults.append(page_faults() - faults)
     loss = float(metrics["loss"])
     if measured:
-        measured.append(measure_matmul_peak(matmul_size))
+        measured.append(measure_matmul_peak(matmul_size, dtype=dtype))
 
     flops_per_step = family_of(model).train_flops(
         model.config, config.global_batch_size, config.seq_len, config.data.max_predictions_per_seq,
@@ -254,7 +261,7 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048, pad_fract
     step_cpu_time = statistics.median(step_cpu_times)
     devices = jax.devices()
     if measured:
-        peak, source = max(m[0] for m in measured), PEAK_MEASURED
+        peak, source = max(m[0] for m in measured), measured_peak_source(dtype)
         flops_per_cpu_s = max(m[1] for m in measured)
     else:
         peak, source = published_peak_flops(devices[0].device_kind), PEAK_PUBLISHED
@@ -292,7 +299,7 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048, pad_fract
         "pad_fraction": pad_fraction,
         "real_tokens_per_row": real_length(config.seq_len, pad_fraction),
         "mesh": dict(mesh.shape),
-        "dtype": model.config.dtype,
+        "dtype": dtype,
         "jax": jax.__version__,
     }
 

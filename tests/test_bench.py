@@ -183,7 +183,7 @@ def test_cli_runs_the_train_step_and_the_loader(tmp_path):
         assert field in out, field
     assert out["device_count"] == jax.device_count() == 8  # conftest's simulated devices
     assert out["device_kind"] == "cpu" and out["device_mem_gb"] is None
-    assert out["peak_flops_source"] == bench.PEAK_MEASURED and out["peak_flops_per_device"] > 0
+    assert out["peak_flops_source"] == bench.measured_peak_source("float32") and out["peak_flops_per_device"] > 0
     config = BertConfig(vocab_size=600, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64)
     assert out["model_flops_per_step"] == train_flops(config, 8, 32, 5, with_nsp=True)

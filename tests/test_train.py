@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from flaxft import checkpoint, report, train
@@ -149,3 +150,18 @@ def test_demo_command_end_to_end(tmp_path):
     assert losses(work)[-1] < losses(work)[0]
     again = run_main("--config", "configs/pretrain_tiny.py", "--workdir", work, "--config.num_train_steps=60")
     assert again.returncode == 0 and "already trained to step 60" in again.stdout
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_tracks_the_float32_loss_curve(tmp_path, corpus):
+    """model.dtype=bfloat16 computes in bfloat16 with float32 parameters, optimizer state
+    and loss: over 200 tiny steps its losses stay within 3% of the float32 run's."""
+    common = dict(num_train_steps=200, log_every_steps=20, eval_every_steps=200, checkpoint_every_steps=200,
+                  warmup_steps=20)
+    train.run(tiny_config(corpus, **common), str(tmp_path / "f32"))
+    train.run(tiny_config(corpus, **common, **{"model.dtype": "bfloat16"}), str(tmp_path / "bf16"))
+    f32, bf16 = losses(tmp_path / "f32"), losses(tmp_path / "bf16")
+    assert len(f32) == len(bf16) == 11 and f32[-1] < f32[0] - 0.5, f32
+    assert max(abs(a - b) / a for a, b in zip(f32, bf16)) < 0.03, (f32, bf16)
+    _, params = checkpoint.load_model(tmp_path / "bf16")
+    assert {str(leaf.dtype) for leaf in jax.tree.leaves(params)} == {"float32"}

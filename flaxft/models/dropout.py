@@ -50,11 +50,16 @@ def dropout(x: Array, rate: float, rng: Array) -> Array:
     """Inverted dropout from 16 random bits per element: an element is dropped when its
     bits fall below round(rate * 2^16), so the rate is `rate` to within 2^-17, and kept
     elements are scaled by the exact inverse of the keep probability. Same shape as x."""
-    threshold = round(rate * 65536)
-    if threshold == 0:
+    if round(rate * 65536) == 0:
         return x
-    keep = random_bits16(rng, x.shape) >= jnp.uint16(threshold)
-    return jnp.where(keep, x * (65536 / (65536 - threshold)), 0).astype(x.dtype)
+    keep, scale = keep_mask(rate, rng, x.shape)
+    return jnp.where(keep, x * scale, 0).astype(x.dtype)
+
+
+def keep_mask(rate: float, rng: Array, shape: tuple[int, ...]) -> tuple[Array, float]:
+    """`dropout`'s mask (True: kept) of `shape` and the factor kept elements get."""
+    threshold = round(rate * 65536)
+    return random_bits16(rng, shape) >= jnp.uint16(threshold), 65536 / (65536 - threshold)
 
 
 class Dropout(nn.Module):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxft.errors import InputError
+from flaxft.models.matmul import fast_compute_dtype
 
 Array = jax.Array
 
@@ -77,7 +78,8 @@ class ModelConfig:
 
     num_labels, id2label: the classification head's size and class names.
     Training options (not in Hugging Face's config.json):
-      dtype: compute dtype of activations ("float32", "bfloat16").
+      dtype: compute dtype of activations and matrix products ("float32", "bfloat16",
+        or "auto": `flaxft.models.matmul.fast_compute_dtype` on the backend it runs on).
       param_dtype: dtype parameters are stored in.
       scan_layers: stack the encoder layers under `nn.scan` (one compiled layer body).
       remat_policy: rematerialisation of each layer in the backward pass:
@@ -109,6 +111,8 @@ class ModelConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise InputError(f"model.remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
         for field in ("dtype", "param_dtype"):
+            if field == "dtype" and self.dtype == "auto":
+                continue
             try:
                 jnp.dtype(getattr(self, field))
             except TypeError:
@@ -127,7 +131,7 @@ class ModelConfig:
 
     @property
     def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
+        return fast_compute_dtype()[0] if self.dtype == "auto" else jnp.dtype(self.dtype)
 
     @property
     def weights_dtype(self) -> jnp.dtype:

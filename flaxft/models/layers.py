@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from flaxft.models.dropout import dropout
 from flaxft.models.family import ModelConfig
+from flaxft.models.matmul import matmul, matmul_transposed
 
 Array = jax.Array
 
@@ -85,7 +86,7 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        """x [..., *contracted] -> [..., *features] in the compute dtype."""
+        """x [..., *contracted] -> [..., *features] in the compute dtype (float32 accumulation)."""
         cfg = self.config
         lead, contracted = x.shape[: x.ndim - self.num_contracted], x.shape[x.ndim - self.num_contracted :]
         kernel = self.param(
@@ -96,7 +97,7 @@ class Dense(nn.Module):
         )
         k, f = math.prod(contracted), math.prod(self.features)
         x_XK = x.reshape(-1, k).astype(cfg.compute_dtype)
-        y_XF = jnp.dot(x_XK, kernel.reshape(k, f).astype(cfg.compute_dtype))
+        bias_F = None
         if self.bias_axes is not None:
             bias = self.param(
                 "bias",
@@ -104,7 +105,8 @@ class Dense(nn.Module):
                 self.features,
                 cfg.weights_dtype,
             )
-            y_XF = y_XF + bias.reshape(f).astype(cfg.compute_dtype)
+            bias_F = bias.reshape(f)
+        y_XF = matmul(x_XK, kernel.reshape(k, f), cfg.compute_dtype, bias_F)
         if cfg.lora_rank and re.search(cfg.lora_targets, "/".join((*self.scope.path, "kernel"))):
             y_XF = y_XF + self.lora(x_XK, contracted)
         return y_XF.reshape(*lead, *self.features)
@@ -131,8 +133,8 @@ class Dense(nn.Module):
         )
         if cfg.lora_dropout and self.has_rng("dropout"):
             x_XK = dropout(x_XK, cfg.lora_dropout, self.make_rng("dropout"))
-        h_XR = jnp.dot(x_XK, a.reshape(k, r).astype(cfg.compute_dtype)) * (cfg.lora_alpha / r)
-        return jnp.dot(h_XR, b.reshape(r, -1).astype(cfg.compute_dtype))
+        h_XR = matmul(x_XK, a.reshape(k, r), cfg.compute_dtype) * (cfg.lora_alpha / r)
+        return matmul(h_XR, b.reshape(r, -1), cfg.compute_dtype)
 
 
 def dense(
@@ -181,9 +183,27 @@ def layer_norm(config: ModelConfig, name: str, epsilon: float | None = None, use
     )
 
 
-def embed(config: ModelConfig, rows: int, axis: str, name: str, features: int | None = None) -> nn.Embed:
+class Embed(nn.Embed):
+    """`nn.Embed` that looks rows up in the table's own dtype and casts them (its gradient,
+    a scatter-add, accumulates in float32, not in a 16-bit compute dtype), and whose
+    `attend` (the tied decoder) is `flaxft.models.matmul`'s product."""
+
+    def __call__(self, inputs: Array) -> Array:
+        """Rows of the table at integer `inputs` [...]: [..., features] in the compute dtype."""
+        if self.num_embeddings == 1:
+            return jnp.broadcast_to(self.embedding.astype(self.dtype), (*inputs.shape, self.features))
+        return jnp.take(self.embedding, inputs, axis=0).astype(self.dtype)
+
+    def attend(self, query: Array) -> Array:
+        """Scores of query [..., D] against every row: [..., rows], float32 (products in
+        the compute dtype)."""
+        scores = matmul_transposed(query.reshape(-1, query.shape[-1]), self.embedding, self.dtype)
+        return scores.reshape(*query.shape[:-1], self.num_embeddings)
+
+
+def embed(config: ModelConfig, rows: int, axis: str, name: str, features: int | None = None) -> Embed:
     """An embedding table [rows, features] (default: D) whose rows carry logical axis `axis`."""
-    return nn.Embed(
+    return Embed(
         rows,
         features or config.hidden_size,
         dtype=config.compute_dtype,

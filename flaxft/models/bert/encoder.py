@@ -62,9 +62,8 @@ class BertSelfAttention(nn.Module):
 
     With `query_positions_BQ` only those rows are computed: every position still serves
     as a key and value, and the output is [B, Q, D] (the last layer of a model whose loss
-    reads a few positions). Evaluation, and training without attention dropout, go through
-    `flaxft.models.attention.softmax_attention`. Training with
-    attention dropout takes an explicit softmax so the configured dropout is applied.
+    reads a few positions). Attention is `flaxft.models.attention.attention`
+    (backend-dependent; the configured dropout on the probabilities in training).
     """
 
     config: BertConfig
