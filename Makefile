@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m flaxft.main --config configs/pretrain_tiny.py --workdir runs/demo
 
+# One pytest worker per core (pytest-xdist); a test module stays on one worker, so its
+# shared trained workdir is made once.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"

@@ -26,6 +26,7 @@ def get_config():
     config.learning_rate = 5e-5
     config.warmup_steps = 0
     config.warmup_ratio = 0.1  # warmup over the first 10% of the steps (--config.warmup_steps=N instead)
+    config.model.dtype = "auto"  # bfloat16 where the backend multiplies it natively (README, Mixed precision)
     config.weight_decay = 0.01
     config.log_every_steps = 10
     config.eval_every_steps = 1000  # and at the end
