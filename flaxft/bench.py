@@ -53,8 +53,10 @@ from flaxft.host_memory import exec_with_huge_pages  # noqa: E402
 # jax's device_kind, first match wins (so the more specific names come first).
 PUBLISHED_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("h100 pcie", 756e12),
+    ("h100 nvl", 835e12),
     ("h100", 989e12),  # SXM
     ("h200", 989e12),
+    ("gb200", 2500e12),  # a B200 in a Grace-Blackwell superchip, clocked higher
     ("b200", 2250e12),
     ("a100", 312e12),
     ("tpu v2", 45e12),
@@ -72,7 +74,7 @@ PEAK_PUBLISHED = "published bf16 peak"
 _JSON_FIELDS = (
     "step_time_s", "tokens_per_sec", "mfu", "model_flops_per_token", "model_flops_per_step",
     "compile_s", "peak_host_mem_gb", "device_mem_gb", "device_kind", "device_count",
-    "peak_flops_per_device", "peak_flops_source",
+    "peak_flops_per_device", "peak_flops_source", "device_mem_limit_gb",
 )
 
 
@@ -259,25 +261,20 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048, pad_fract
     tokens_per_step = config.global_batch_size * config.seq_len
     step_time = statistics.median(step_times)
     step_cpu_time = statistics.median(step_cpu_times)
-    devices = jax.devices()
-    if measured:
-        peak, source = max(m[0] for m in measured), measured_peak_source(dtype)
-        flops_per_cpu_s = max(m[1] for m in measured)
-    else:
-        peak, source = published_peak_flops(devices[0].device_kind), PEAK_PUBLISHED
+    devices = jax.local_devices()
+    flops_per_cpu_s = max(m[1] for m in measured) if measured else None
+    device = device_fields(devices[0].device_kind, jax.device_count(), [d.memory_stats() for d in devices],
+                           (max(m[0] for m in measured), measured_peak_source(dtype)) if measured else None)
+    peak = device["peak_flops_per_device"]
     return {
         "step_time_s": step_time,
         "tokens_per_sec": tokens_per_step / step_time,
-        "mfu": flops_per_step / step_time / (peak * len(devices)),
+        "mfu": flops_per_step / step_time / (peak * device["device_count"]),
         "model_flops_per_token": flops_per_step / tokens_per_step,
         "model_flops_per_step": flops_per_step,
         "compile_s": compile_s,
         "peak_host_mem_gb": peak_host_mem_gb(),
-        "device_mem_gb": device_mem_gb(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "peak_flops_per_device": peak,
-        "peak_flops_source": source,
+        **device,
         "measured_matmul_flops_per_device": [m[0] for m in measured] or None,
         # CPU only: the same ratio in FLOPs per second of process CPU time (all threads),
         # which other processes' load on a shared machine moves far less than wall time.
@@ -314,17 +311,32 @@ def peak_host_mem_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def device_mem_gb() -> float | None:
-    """Largest peak_bytes_in_use over local devices in GB, or None where the backend keeps
-    no statistics (CPU)."""
-    import jax
+def device_fields(device_kind: str, device_count: int, memory_stats: list[dict | None],
+                  measured_peak: tuple[float, str] | None = None) -> dict:
+    """The JSON's device fields: device_kind, device_count, peak_flops_per_device and
+    peak_flops_source (`measured_peak` as (FLOP/s, source) when given, else the published
+    peak of `device_kind`), device_mem_gb (the largest peak_bytes_in_use of the local
+    devices' `memory_stats()`) and device_mem_limit_gb (the smallest bytes_limit), in GB
+    (1e9 bytes), None where the backend keeps no statistics (CPU)."""
+    if measured_peak is not None:
+        peak, source = measured_peak
+    else:
+        peak, source = published_peak_flops(device_kind), PEAK_PUBLISHED
+        if peak is None:
+            raise ValueError(f"no published peak for device kind {device_kind!r}: measure one")
 
-    peaks = []
-    for device in jax.local_devices():
-        stats = device.memory_stats()
-        if stats and "peak_bytes_in_use" in stats:
-            peaks.append(stats["peak_bytes_in_use"])
-    return max(peaks) / 1e9 if peaks else None
+    def gb(key, pick):
+        values = [stats[key] for stats in memory_stats if stats and key in stats]
+        return pick(values) / 1e9 if values else None
+
+    return {
+        "device_kind": device_kind,
+        "device_count": device_count,
+        "peak_flops_per_device": peak,
+        "peak_flops_source": source,
+        "device_mem_gb": gb("peak_bytes_in_use", max),
+        "device_mem_limit_gb": gb("bytes_limit", min),
+    }
 
 
 # ----------------------------------------------------------------------------- data

@@ -130,10 +130,27 @@ def test_electra_pretraining_flops_equal_the_matmuls_jax_differentiates(embeddin
     "kind, peak",
     [("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5p", 459e12), ("TPU v6 lite", 918e12),
      ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-40GB", 312e12),
+     ("NVIDIA H100 PCIe", 756e12), ("NVIDIA B200", 2250e12), ("NVIDIA GB200", 2500e12), ("TPU v5", 459e12),
      ("cpu", None)],
 )
 def test_published_peaks(kind, peak):
     assert bench.published_peak_flops(kind) == peak
+
+
+def test_device_fields_carry_the_published_peak_and_device_memory():
+    """The JSON's device fields for a GPU kind: its published peak, the largest peak use
+    and the smallest limit of the devices' memory statistics; None where none are kept."""
+    stats = [{"peak_bytes_in_use": 30e9, "bytes_limit": 140e9}, {"peak_bytes_in_use": 31e9, "bytes_limit": 139e9}]
+    fields = bench.device_fields("NVIDIA H200", 8, stats)
+    assert fields == {
+        "device_kind": "NVIDIA H200", "device_count": 8, "peak_flops_per_device": 989e12,
+        "peak_flops_source": bench.PEAK_PUBLISHED, "device_mem_gb": 31.0, "device_mem_limit_gb": 139.0,
+    }
+    assert set(fields) <= set(bench._JSON_FIELDS)
+    cpu = bench.device_fields("cpu", 8, [None, {}], (1e11, bench.measured_peak_source("float32")))
+    assert cpu["peak_flops_per_device"] == 1e11 and cpu["device_mem_gb"] is cpu["device_mem_limit_gb"] is None
+    with pytest.raises(ValueError, match="cpu"):
+        bench.device_fields("cpu", 1, [None])
 
 
 @pytest.mark.parametrize("pad_fraction, real, used", [(0.0, 32, 5), (0.25, 24, 4), (0.9, 4, 1)])

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flaxft.host_memory import HUGETLB_TUNABLE, huge_pages_available
+from flaxft.host_memory import HUGETLB_TUNABLE, accelerator_expected, huge_pages_available
 
 # Re-execs with the tunable, then writes a fresh 256 MB malloc block and prints the
 # tunables it ran with and the minor page faults the write took.
@@ -26,8 +26,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def write_block(tunables: str | None) -> tuple[str, int]:
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+def write_block(tunables: str | None, **environ: str) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | environ
     if tunables is not None:
         env["GLIBC_TUNABLES"] = tunables
     out = subprocess.run([sys.executable, "-c", _WRITE_BLOCK], capture_output=True, text=True, env=env, check=True)
@@ -46,3 +46,27 @@ def test_entry_points_run_on_huge_pages():
     assert used == f"glibc.malloc.arena_max=2:{HUGETLB_TUNABLE}"
     used, faults = write_block("glibc.malloc.hugetlb=0")
     assert used == "glibc.malloc.hugetlb=0" and faults > small_pages // 2
+    # Where jax will run on an accelerator the process is left as it started.
+    used, _ = write_block(None, JAX_PLATFORMS="cuda")
+    assert used == ""
+
+
+@pytest.mark.parametrize("platforms, expected", [("cpu", False), ("cpu,cuda", False), ("cuda", True),
+                                                 ("tpu,cpu", True), ("rocm", True)])
+def test_jax_platforms_decide_the_backend(platforms, expected):
+    assert accelerator_expected({"JAX_PLATFORMS": platforms}) is expected
+
+
+@pytest.mark.parametrize("plugin, expected", [(None, False), ("xla_cuda12", os.path.exists("/dev/nvidiactl")),
+                                              ("some_accelerator", True)])
+def test_installed_plugins_decide_without_jax_platforms(tmp_path, plugin, expected):
+    """Without JAX_PLATFORMS: a PJRT plugin module under the jax_plugins namespace counts
+    when its kind's device is present (a CUDA plugin on a machine without a GPU does not)."""
+    if plugin:
+        (tmp_path / "jax_plugins").mkdir()
+        (tmp_path / "jax_plugins" / f"{plugin}.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    code = "from flaxft.host_memory import accelerator_expected; print(accelerator_expected())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == str(expected)
