@@ -4,10 +4,13 @@ transparent huge pages, and large blocks then fault in 2 MB at a time."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from flaxft.host_memory import HUGETLB_TUNABLE, accelerator_expected, huge_pages_available
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Re-execs with the tunable, then writes a fresh 256 MB malloc block and prints the
 # tunables it ran with and the minor page faults the write took.
@@ -30,7 +33,8 @@ def write_block(tunables: str | None, **environ: str) -> tuple[str, int]:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | environ
     if tunables is not None:
         env["GLIBC_TUNABLES"] = tunables
-    out = subprocess.run([sys.executable, "-c", _WRITE_BLOCK], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", _WRITE_BLOCK], capture_output=True, text=True, env=env, check=True,
+                         cwd=REPO)
     used, faults = out.stdout.split("\n")[:2]
     return used, int(faults)
 
@@ -68,5 +72,6 @@ def test_installed_plugins_decide_without_jax_platforms(tmp_path, plugin, expect
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     code = "from flaxft.host_memory import accelerator_expected; print(accelerator_expected())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         cwd=REPO)
     assert out.stdout.strip() == str(expected)
