@@ -301,6 +301,41 @@ def bench_train(run, steps: int, warmup: int, matmul_size: int = 2048, pad_fract
     }
 
 
+def step_memory(config, devices) -> dict:
+    """Bytes per device of the train step `config` describes, compiled (never run) for
+    a mesh over `devices`: `compiled.memory_analysis()`'s argument (state and batch),
+    output, alias (the donated state its outputs reuse) and temporary sizes, and their
+    total argument + output - alias + temp, the most the step holds at once. The model,
+    task, optimizer and shardings are the pretraining setup's, without its corpus and
+    tokenizer: the state and the config-shaped batch are abstract."""
+    import jax
+    import numpy as np
+
+    from flaxft import config as config_lib
+    from flaxft import loop, optim, pretrain, sharding
+    from flaxft.models import abstract_params, family_named
+
+    config_lib.validate(config)
+    family = family_named(config.model.family)
+    task = pretrain.pretraining_task(config, family)
+    model = family.architecture(task.head)(config_lib.model_config(config))
+    mesh, rules = sharding.make_mesh(config.mesh, devices), sharding.logical_rules(config.mesh)
+    tx, trainable, groups = optim.for_model(config, abstract_params(model), family.depth,
+                                            model.config.num_hidden_layers)
+    with sharding.activated(mesh, rules):
+        state_shardings, abstract = loop.abstract_state(model, tx, mesh, rules, jax.random.key(0), config.seq_len,
+                                                        trainable)
+        batch_sharding = sharding.batch_sharding(mesh)
+        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                 for k, v in synthetic_batch(config, config.global_batch_size).items()}
+        step_fn = loop.jit_train_step(config, model, tx, task, state_shardings, batch_sharding, trainable, groups)
+        analysis = step_fn.lower(loop.with_shardings(abstract, state_shardings), batch).compile().memory_analysis()
+    sizes = {name: int(getattr(analysis, f"{name}_size_in_bytes")) for name in ("argument", "output", "alias", "temp")}
+    sizes["total"] = sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"]
+    sizes["params"] = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params)))
+    return sizes
+
+
 def page_faults() -> int:
     """Minor page faults of this process so far (getrusage minflt)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
