@@ -400,7 +400,7 @@ class TrainCheckpointer:
 
 
 # Fields that may change between a checkpoint and the run resuming it.
-_RESUMABLE_CHANGES = ("dtype", "remat_policy")
+_RESUMABLE_CHANGES = ("dtype", "remat_policy", "attention")
 
 
 def _check_same_model(saved: dict, model: nn.Module, path: Path) -> None:

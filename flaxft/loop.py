@@ -291,8 +291,8 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
         total, trains = _count(abstract.params), _count(optim.split(abstract.params, run.trainable)[0])
         print(f"{type(model).__name__}: {trains:,} of {total:,} parameters train ({trains / total:.1%}); "
               f"{sharding.describe(run.mesh, abstract, state_shardings)}")
-        print(f"compute dtype {_compute_dtype_line(model.config)}; train step compiled in "
-              f"{time.monotonic() - t0:.1f}s")
+        print(f"compute dtype {_compute_dtype_line(model.config)}; attention {model.config.attention_line()}; "
+              f"train step compiled in {time.monotonic() - t0:.1f}s")
     if jax.process_count() > 1:
         print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local devices, "
               f"loads {config.global_batch_size // jax.process_count()} of {config.global_batch_size} rows per batch")

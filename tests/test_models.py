@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flaxft.models import ARCHITECTURES, LOGICAL_AXES, BertConfig, BertForPreTraining, family_of, init_params
-from flaxft.models.attention import attention, attention_with_dropout
+from flaxft.models.attention import Mask, attention, attention_with_dropout
 from flaxft.models.dropout import dropout, random_bits16
 from flaxft.models.layers import segment_positions
 from flaxft.models.params import restack
@@ -140,7 +140,7 @@ def test_softmax_attention_equals_jax_dot_product_attention_and_its_gradients():
     mask = np.asarray(rng.random((2, 1, 6, 6)) > 0.3) | np.eye(6, dtype=bool)
     mask[1, 0, 2] = False
     mask = jnp.asarray(mask)
-    ours, vjp_ours = jax.vjp(lambda q, k, v: attention(q, k, v, mask, 0.0, None), q, k, v)
+    ours, vjp_ours = jax.vjp(lambda q, k, v: attention(q, k, v, Mask(mask), 0.0, None), q, k, v)
     ref, vjp_ref = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask), q, k, v)
     np.testing.assert_array_equal(ours, ref)
     for mine, theirs in zip(vjp_ours(g), vjp_ref(g)):
@@ -154,10 +154,10 @@ def test_attention_with_dropout_draws_the_explicit_paths_mask_and_its_gradients(
     q, k, v, g = (jnp.asarray(rng.normal(size=(2, 8, 4, 6)), jnp.float32) for _ in range(4))
     mask = jnp.asarray(rng.random((2, 1, 8, 8)) > 0.3) | jnp.eye(8, dtype=bool)
     key = jax.random.key(5)
-    ours, vjp_ours = jax.vjp(lambda q, k, v: attention(q, k, v, mask, 0.3, key), q, k, v)
+    ours, vjp_ours = jax.vjp(lambda q, k, v: attention(q, k, v, Mask(mask), 0.3, key), q, k, v)
     ref, vjp_ref = jax.vjp(lambda q, k, v: attention_with_dropout(q, k, v, mask, 0.3, key), q, k, v)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
-    assert float(jnp.abs(ours - attention(q, k, v, mask, 0.0, None)).max()) > 1e-2
+    assert float(jnp.abs(ours - attention(q, k, v, Mask(mask), 0.0, None)).max()) > 1e-2
     for mine, theirs in zip(vjp_ours(g), vjp_ref(g)):
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-5)
 

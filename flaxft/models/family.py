@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxft.errors import InputError
+from flaxft.models.attention import check_attention, describe_attention, resolve_attention
 from flaxft.models.matmul import fast_compute_dtype
 
 Array = jax.Array
@@ -85,6 +86,11 @@ class ModelConfig:
       remat_policy: rematerialisation of each layer in the backward pass:
         "none", "full" (save nothing), "dots" (save matmul outputs),
         "dots_no_batch" (save matmul outputs without batch dimensions).
+      attention: the attention implementation, `flaxft.models.attention`'s: "xla"
+        (explicit softmax, the only one with attention-probability dropout), "dot_product"
+        (`jax.nn.dot_product_attention`), "flash" (Pallas flash attention, no sliding
+        windows), or "auto" (`flaxft.models.attention.resolve_attention`: per backend, and
+        "xla" for calls that apply attention dropout).
       lora_rank, lora_alpha, lora_dropout, lora_targets (LORA_FIELDS; a run sets them
         from its `peft` config group, never as model.* keys): with lora_rank r > 0, every
         dense layer whose kernel path matches the regex lora_targets (re.search) adds
@@ -93,8 +99,11 @@ class ModelConfig:
     """
 
     LORA_FIELDS: ClassVar[tuple[str, ...]] = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
-    TRAINING_OPTIONS: ClassVar[tuple[str, ...]] = ("dtype", "param_dtype", "scan_layers", "remat_policy", *LORA_FIELDS)
+    TRAINING_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "dtype", "param_dtype", "scan_layers", "remat_policy", "attention", *LORA_FIELDS
+    )
     DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ()  # a family's dropout rates: a run's config sets them
+    ATTENTION_DROPOUT_FIELD: ClassVar[str] = ""  # the one on attention probabilities ("": none)
 
     num_labels: int = 2
     id2label: tuple[str, ...] = ()
@@ -102,6 +111,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
+    attention: str = "auto"
     lora_rank: int = 0
     lora_alpha: float = 0.0
     lora_dropout: float = 0.0
@@ -123,6 +133,8 @@ class ModelConfig:
             raise InputError(
                 f"model.id2label has {len(self.id2label)} names but model.num_labels is {self.num_labels}"
             )
+        check_attention(self.attention, self.ATTENTION_DROPOUT_FIELD, self.attention_dropout_rate,
+                        self.sliding_window_fields())
 
     @property
     def max_seq_len(self) -> int:
@@ -136,6 +148,26 @@ class ModelConfig:
     @property
     def weights_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.param_dtype)
+
+    @property
+    def attention_dropout_rate(self) -> float:
+        """The dropout rate on attention probabilities (0 for a family without one)."""
+        return getattr(self, self.ATTENTION_DROPOUT_FIELD) if self.ATTENTION_DROPOUT_FIELD else 0.0
+
+    def sliding_window_fields(self) -> tuple[str, ...]:
+        """The fields that give some layer sliding-window attention (empty: none does)."""
+        return ()
+
+    def attention_implementation(self, training_dropout: bool) -> str:
+        """The implementation `attention` resolves to on the current backend, for a call
+        that applies attention dropout (`training_dropout`) or not."""
+        return resolve_attention(self.attention, training_dropout, jax.default_backend(),
+                                 bool(self.sliding_window_fields()))
+
+    def attention_line(self) -> str:
+        """The attention implementation on the current backend, for the start-up line."""
+        return describe_attention(self.attention, self.attention_dropout_rate, jax.default_backend(),
+                                  bool(self.sliding_window_fields()))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of every field."""

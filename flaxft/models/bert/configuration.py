@@ -16,6 +16,7 @@ class BertConfig(ModelConfig):
     DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = (
         "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"
     )
+    ATTENTION_DROPOUT_FIELD: ClassVar[str] = "attention_probs_dropout_prob"
 
     vocab_size: int = 30522
     hidden_size: int = 768

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxft.models.attention import attention, attention_mask_B1LL, gather_query_rows
+from flaxft.models.attention import Mask, attention, attention_masks, gather_query_rows
 from flaxft.models.bert.configuration import BertConfig
 from flaxft.models.dropout import Dropout
 from flaxft.models.family import REMAT, EncoderOutput
@@ -62,21 +62,22 @@ class BertSelfAttention(nn.Module):
 
     With `query_positions_BQ` only those rows are computed: every position still serves
     as a key and value, and the output is [B, Q, D] (the last layer of a model whose loss
-    reads a few positions). Attention is `flaxft.models.attention.attention`
-    (backend-dependent; the configured dropout on the probabilities in training).
+    reads a few positions). Attention is `flaxft.models.attention.attention`, the
+    implementation config.attention resolves to (the configured dropout on the
+    probabilities in training).
     """
 
     config: BertConfig
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BLD: Array, mask_B1LL: Array, query_positions_BQ: Array | None = None) -> Array:
-        """x [B, L, D], mask [B, 1, L or 1, L] -> [B, L, D] (or [B, Q, D] at query_positions)."""
+    def __call__(self, x_BLD: Array, mask: Mask, query_positions_BQ: Array | None = None) -> Array:
+        """x [B, L, D], mask (allowed [B, 1, L or 1, L]) -> [B, L, D] (or [B, Q, D] at query_positions)."""
         cfg = self.config
         x_BQD = x_BLD
         if query_positions_BQ is not None:
             x_BQD = gather_positions(x_BLD, query_positions_BQ)
-            mask_B1LL = gather_query_rows(mask_B1LL, query_positions_BQ)
+            mask = gather_query_rows(mask, query_positions_BQ)
         heads = (cfg.num_attention_heads, cfg.head_dim)
         qkv_axes = ("embed", "heads", "kv"), ("heads", "kv")
         act_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
@@ -86,7 +87,8 @@ class BertSelfAttention(nn.Module):
         )
         rate = cfg.attention_probs_dropout_prob
         dropout_rng = None if self.deterministic or rate == 0.0 else self.make_rng("dropout")
-        ctx_BQNH = attention(q_BQNH, k_BLNH, v_BLNH, mask_B1LL, rate, dropout_rng)
+        implementation = cfg.attention_implementation(training_dropout=dropout_rng is not None)
+        ctx_BQNH = attention(q_BQNH, k_BLNH, v_BLNH, mask, rate, dropout_rng, implementation)
         out_BQD = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), ("embed",), "output", num_contracted=2)(ctx_BQNH)
         out_BQD = Dropout(cfg.hidden_dropout_prob)(out_BQD, deterministic=self.deterministic)
         return layer_norm(cfg, "LayerNorm")(x_BQD + out_BQD)
@@ -118,11 +120,11 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BLD: Array, mask_B1LL: Array, query_positions_BQ: Array | None = None
+        self, x_BLD: Array, mask: Mask, query_positions_BQ: Array | None = None
     ) -> tuple[Array, None]:
         """x [B, L, D] -> [B, L, D], or [B, Q, D] computing only the rows at query_positions."""
         x_BQD = BertSelfAttention(self.config, self.deterministic, name="attention")(
-            x_BLD, mask_B1LL, query_positions_BQ
+            x_BLD, mask, query_positions_BQ
         )
         x_BQD = BertMLP(self.config, self.deterministic, name="mlp")(x_BQD)
         x_BQD = nn.with_logical_constraint(x_BQD, ("activation_batch", "activation_length", "activation_embed"))
@@ -136,9 +138,9 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BLD: Array, mask_B1LL: Array, deterministic: bool, output_positions_BQ: Array | None = None
+        self, x_BLD: Array, mask: Mask, deterministic: bool, output_positions_BQ: Array | None = None
     ) -> Array:
-        """Runs every layer over x [B, L, D] with the attention mask [B, 1, L, L].
+        """Runs every layer over x [B, L, D] with the attention mask (allowed [B, 1, L, L]).
 
         Returns [B, L, D], or [B, Q, D] at output_positions: then the last layer computes
         only those rows (with scan_layers it computes every row, and they are gathered).
@@ -156,12 +158,12 @@ class BertEncoder(nn.Module):
                 length=cfg.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BLD, _ = stack(cfg, deterministic, name="layers")(x_BLD, mask_B1LL)
+            x_BLD, _ = stack(cfg, deterministic, name="layers")(x_BLD, mask)
             return x_BLD if output_positions_BQ is None else gather_positions(x_BLD, output_positions_BQ)
         last = cfg.num_hidden_layers - 1
         for i in range(cfg.num_hidden_layers):
             positions_BQ = output_positions_BQ if i == last else None
-            x_BLD, _ = layer(cfg, deterministic, name=f"layer_{i}")(x_BLD, mask_B1LL, positions_BQ)
+            x_BLD, _ = layer(cfg, deterministic, name=f"layer_{i}")(x_BLD, mask, positions_BQ)
         return x_BLD
 
 
@@ -212,20 +214,20 @@ class BertModule(nn.Module):
         if position_ids_BL is None:
             position_ids_BL = self.default_position_ids(input_ids_BL, segment_ids_BL)
         x_BLD = self.embed(input_ids_BL, token_type_ids_BL, position_ids_BL, deterministic)
-        mask_B1LL = attention_mask_B1LL(attention_mask_BL, segment_ids_BL)
+        mask = attention_masks(attention_mask_BL, segment_ids_BL)
         if not self.add_pooling_layer:
             if cls_positions_BK is not None:
                 raise ValueError("cls_positions needs a model with a pooler")
-            return EncoderOutput(last_hidden_state=self.encoder(x_BLD, mask_B1LL, deterministic, output_positions_BM))
+            return EncoderOutput(last_hidden_state=self.encoder(x_BLD, mask, deterministic, output_positions_BM))
         pooled_BK = cls_positions_BK
         if pooled_BK is None:
             pooled_BK = jnp.zeros((input_ids_BL.shape[0], 1), jnp.int32)
         if output_positions_BM is None:
-            hidden_BLD = self.encoder(x_BLD, mask_B1LL, deterministic)
+            hidden_BLD = self.encoder(x_BLD, mask, deterministic)
             first_BKD = gather_positions(hidden_BLD, pooled_BK)
         else:
             rows_BQ = jnp.concatenate([pooled_BK, output_positions_BM.astype(jnp.int32)], axis=1)
-            rows_BQD = self.encoder(x_BLD, mask_B1LL, deterministic, rows_BQ)
+            rows_BQD = self.encoder(x_BLD, mask, deterministic, rows_BQ)
             first_BKD, hidden_BLD = jnp.split(rows_BQD, [pooled_BK.shape[1]], axis=1)
         pooled_BKD = jnp.tanh(self.pooler(first_BKD))
         if cls_positions_BK is None:

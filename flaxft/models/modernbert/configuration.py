@@ -34,6 +34,7 @@ class ModernBertConfig(ModelConfig):
     DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = (
         "embedding_dropout", "attention_dropout", "mlp_dropout", "classifier_dropout"
     )
+    ATTENTION_DROPOUT_FIELD: ClassVar[str] = "attention_dropout"
 
     vocab_size: int = 50368
     hidden_size: int = 768
@@ -68,9 +69,9 @@ class ModernBertConfig(ModelConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self):
-        super().__post_init__()
         object.__setattr__(self, "layer_types",
                            tuple(self.layer_types) or default_layer_types(self.num_hidden_layers))
+        super().__post_init__()
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "intermediate_size", "max_position_embeddings", "local_attention"):
             if getattr(self, field) < 1:
@@ -107,6 +108,10 @@ class ModernBertConfig(ModelConfig):
     def sliding_window(self) -> int:
         """How many tokens a sliding-attention token sees on either side."""
         return self.local_attention // 2
+
+    def sliding_window_fields(self) -> tuple[str, ...]:
+        """layer_types and local_attention when some layer is a sliding-window one."""
+        return ("layer_types", "local_attention") if "sliding_attention" in self.layer_types else ()
 
     def rope_theta(self, layer_type: str) -> float:
         return self.global_rope_theta if layer_type == "full_attention" else self.local_rope_theta

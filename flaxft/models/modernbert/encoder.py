@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxft.models.attention import attention_heads_first, attention_mask_B1LL, gather_query_rows
+from flaxft.models.attention import Mask, attention_heads_first, attention_masks, gather_query_rows
 from flaxft.models.dropout import Dropout
 from flaxft.models.family import REMAT, EncoderOutput
 from flaxft.models.layers import (
@@ -80,6 +80,13 @@ def sliding_window_mask_B1LL(mask_B1LL: Array, length: int, window: int) -> Arra
     return mask_B1LL & near_LL[None, None]
 
 
+def sliding_window_mask(mask: Mask, length: int, window: int) -> Mask:
+    """`mask` restricted to keys at most `window` row positions from the query; its
+    segment ids stay (they cannot say windows: config validation keeps "flash", which
+    reads them, from models with sliding windows)."""
+    return mask.replace(allowed_B1QL=sliding_window_mask_B1LL(mask.allowed_B1QL, length, window))
+
+
 class ModernBertEmbeddings(nn.Module):
     """Token embeddings, LayerNorm, dropout."""
 
@@ -101,14 +108,15 @@ class ModernBertAttention(nn.Module):
     """Rotary multi-head self-attention from one fused Wqkv projection, then Wo and
     dropout. Queries, keys and values are laid out heads first ([B, N, L, H], one
     transpose of the projection) before the rotary embedding, so the attention products
-    need no further transposes (README, Benchmarks). Dropout on the attention
-    probabilities takes the explicit softmax path (`flaxft.models.attention.attention`)."""
+    need no further transposes (README, Benchmarks). Attention is the implementation
+    config.attention resolves to (`flaxft.models.attention.attention_heads_first`; dropout
+    on the probabilities takes the explicit softmax path)."""
 
     config: ModernBertConfig
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BLD: Array, mask_B1LL: Array, cos_BLH: Array, sin_BLH: Array,
+    def __call__(self, x_BLD: Array, mask: Mask, cos_BLH: Array, sin_BLH: Array,
                  query_positions_BQ: Array | None = None) -> Array:
         """x [B, L, D] (already normed) -> [B, L, D], or [B, Q, D] at query_positions."""
         cfg, stds = self.config, init_stds(self.config)
@@ -122,12 +130,14 @@ class ModernBertAttention(nn.Module):
         if query_positions_BQ is not None:
             q_BNLH = jnp.take_along_axis(q_BNLH, query_positions_BQ[:, None, :, None], axis=2)
             q_cos_BQH, q_sin_BQH = (gather_positions(t, query_positions_BQ) for t in (cos_BLH, sin_BLH))
-            mask_B1LL = gather_query_rows(mask_B1LL, query_positions_BQ)
+            mask = gather_query_rows(mask, query_positions_BQ)
         q_BNQH = apply_rotary(q_BNLH, q_cos_BQH, q_sin_BQH)
         k_BNLH = apply_rotary(k_BNLH, cos_BLH, sin_BLH)
         rate = cfg.attention_dropout
         dropout_rng = None if self.deterministic or rate == 0.0 else self.make_rng("dropout")
-        ctx_BQNH = jnp.swapaxes(attention_heads_first(q_BNQH, k_BNLH, v_BNLH, mask_B1LL, rate, dropout_rng), 1, 2)
+        implementation = cfg.attention_implementation(training_dropout=dropout_rng is not None)
+        ctx_BNQH = attention_heads_first(q_BNQH, k_BNLH, v_BNLH, mask, rate, dropout_rng, implementation)
+        ctx_BQNH = jnp.swapaxes(ctx_BNQH, 1, 2)
         out_bias = ("embed",) if cfg.attention_bias else None
         out_BQD = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), out_bias, "Wo", num_contracted=2,
                         init_std=stds["out"])(ctx_BQNH)
@@ -164,7 +174,7 @@ class ModernBertLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BLD: Array, masks: dict[str, Array], rotary: dict[str, tuple[Array, Array]],
+    def __call__(self, x_BLD: Array, masks: dict[str, Mask], rotary: dict[str, tuple[Array, Array]],
                  sliding: Array | None = None, query_positions_BQ: Array | None = None) -> tuple[Array, None]:
         """x [B, L, D] -> [B, L, D], or [B, Q, D] computing only the rows at query_positions.
 
@@ -172,19 +182,19 @@ class ModernBertLayer(nn.Module):
         `config.layer_types[index]`, or under scan `sliding` (a bool [] per layer).
         """
         cfg = self.config
-        mask_B1LL, (cos_BLH, sin_BLH) = _for_layer(masks, rotary, cfg.layer_types[self.index], sliding)
+        mask, (cos_BLH, sin_BLH) = _for_layer(masks, rotary, cfg.layer_types[self.index], sliding)
         x_BLD = materialized_cotangent(x_BLD)
         h_BLD = x_BLD if self.index == 0 else norm(cfg, "attn_norm")(x_BLD)
         attn_BQD = ModernBertAttention(cfg, self.deterministic, name="attn")(
-            h_BLD, mask_B1LL, cos_BLH, sin_BLH, query_positions_BQ)
+            h_BLD, mask, cos_BLH, sin_BLH, query_positions_BQ)
         x_BQD = x_BLD if query_positions_BQ is None else gather_positions(x_BLD, query_positions_BQ)
         x_BQD = x_BQD + attn_BQD
         x_BQD = x_BQD + ModernBertMLP(cfg, self.deterministic, name="mlp")(norm(cfg, "mlp_norm")(x_BQD))
         return nn.with_logical_constraint(x_BQD, _ACTIVATION_AXES), None
 
 
-def _for_layer(masks: dict[str, Array], rotary: dict[str, tuple[Array, Array]], layer_type: str,
-               sliding: Array | None) -> tuple[Array, tuple[Array, Array]]:
+def _for_layer(masks: dict[str, Mask], rotary: dict[str, tuple[Array, Array]], layer_type: str,
+               sliding: Array | None) -> tuple[Mask, tuple[Array, Array]]:
     """The mask and rotary tables of a layer of `layer_type`, or, given `sliding` (a
     traced bool), of the type it picks."""
     if sliding is None or len(masks) == 1:
@@ -192,7 +202,7 @@ def _for_layer(masks: dict[str, Array], rotary: dict[str, tuple[Array, Array]], 
     pick = functools.partial(jnp.where, sliding)
     full, window = "full_attention", "sliding_attention"
     cos_BLH, sin_BLH = (pick(w, f) for w, f in zip(rotary[window], rotary[full]))
-    return pick(masks[window], masks[full]), (cos_BLH, sin_BLH)
+    return jax.tree.map(pick, masks[window], masks[full]), (cos_BLH, sin_BLH)
 
 
 class ModernBertEncoder(nn.Module):
@@ -203,7 +213,7 @@ class ModernBertEncoder(nn.Module):
     config: ModernBertConfig
 
     @nn.compact
-    def __call__(self, x_BLD: Array, masks: dict[str, Array], rotary: dict[str, tuple[Array, Array]],
+    def __call__(self, x_BLD: Array, masks: dict[str, Mask], rotary: dict[str, tuple[Array, Array]],
                  deterministic: bool, output_positions_BQ: Array | None = None) -> Array:
         """x [B, L, D]; masks and rotary (cos, sin) by layer type. Returns [B, L, D], or
         [B, Q, D] at output_positions (unrolled, the last layer computes only those rows)."""
@@ -274,12 +284,11 @@ class ModernBertModule(nn.Module):
             attention_mask_BL = default_attention_mask(input_ids_BL, segment_ids_BL)
         if position_ids_BL is None:
             position_ids_BL = default_position_ids(input_ids_BL, segment_ids_BL)
-        full_B1LL = attention_mask_B1LL(attention_mask_BL, segment_ids_BL)
+        full = attention_masks(attention_mask_BL, segment_ids_BL)
         masks, rotary = {}, {}
         for layer_type in set(cfg.layer_types):
             windowed = layer_type == "sliding_attention" and length > cfg.sliding_window + 1
-            masks[layer_type] = sliding_window_mask_B1LL(full_B1LL, length, cfg.sliding_window) if windowed \
-                else full_B1LL
+            masks[layer_type] = sliding_window_mask(full, length, cfg.sliding_window) if windowed else full
             rotary[layer_type] = rotary_tables(position_ids_BL, cfg.head_dim, cfg.rope_theta(layer_type))
         x_BLD = self.embeddings(input_ids_BL, deterministic)
         if not self.add_pooling_layer:
