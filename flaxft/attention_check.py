@@ -4,7 +4,7 @@
         [--dtypes float32,bfloat16] [--implementations dot_product,flash] [--repeats 5]
 
 On random q, k, v [B, L, N, H] and the mask pretraining uses (two packed segments per
-row, the last eighth of every other row padding: `attention_mask_B1LL` with segment ids),
+row, the last eighth of every other row padding: `attention_masks` with segment ids),
 each implementation's output and its gradients with respect to q, k and v (of the sum of
 the output times a random cotangent that is 0 at padding queries) are compared with
 those of "xla" in the same dtype, at the real query positions. The noise floor is xla's
@@ -13,17 +13,15 @@ agrees ("ok") when its distance from xla is within 4 x that floor + 1e-5. Each i
 timed (forward and backward, the median of --repeats after a warm-up call).
 
 The implementations are reached through `flaxft.models.attention.attention(...,
-implementation=NAME)`, the selector behind `model.attention`. Where it does not take
-that argument yet, the check prints that the selector is missing and exits 0; an
-implementation that fails on this backend (say flash on CPU) is reported as unavailable
-with its error's first line. Prints one markdown table, then one JSON line (last) with
-every row, `missing` and `fastest`: the fastest implementation that agrees in the last
+implementation=NAME)`, the dispatch behind `model.attention`; an implementation that
+fails on this backend (say cuDNN on CPU) is reported as unavailable with its error's
+first line. Prints one markdown table, then one JSON line (last) with every row and
+`fastest`: the fastest implementation that agrees in the last
 dtype checked (bfloat16 by default). Exit 1 when an available implementation disagrees;
 2 on bad flags.
 """
 
 import argparse
-import inspect
 import json
 import statistics
 import sys
@@ -39,12 +37,12 @@ REFERENCE = "xla"
 
 def inputs(batch: int, seq: int, heads: int, head_dim: int, seed: int = 0) -> dict:
     """float32 q, k, v [B, L, N, H], a cotangent of the output's shape (0 at padding
-    queries), the boolean mask [B, 1, L, L] and the real-query mask [B, L]: two packed
+    queries), the `Mask` (boolean [B, 1, L, L] and segment ids) and the real-query mask [B, L]: two packed
     segments per row, the last seq // 8 positions of every other row padding."""
     import jax
     import jax.numpy as jnp
 
-    from flaxft.models.attention import attention_mask_B1LL
+    from flaxft.models.attention import attention_masks
 
     keys = jax.random.split(jax.random.key(seed), 4)
     q, k, v, g = (jax.random.normal(key, (batch, seq, heads, head_dim), jnp.float32) for key in keys)
@@ -52,17 +50,13 @@ def inputs(batch: int, seq: int, heads: int, head_dim: int, seed: int = 0) -> di
     real_BL = jnp.stack([position_L < (seq - seq // 8 if row % 2 else seq) for row in range(batch)])
     segment_BL = jnp.where(real_BL, 1 + (position_L >= seq // 3), 0)
     return {"q": q, "k": k, "v": v, "g": jnp.where(real_BL[:, :, None, None], g, 0.0),
-            "mask": attention_mask_B1LL(real_BL.astype(jnp.int32), segment_BL), "real": real_BL}
+            "mask": attention_masks(real_BL.astype(jnp.int32), segment_BL), "real": real_BL}
 
 
-def selector() -> Callable[[str], Callable] | None:
-    """name -> attention(q_BLNH, k_BLNH, v_BLNH, mask_B1LL) -> [B, L, N, H] through
-    `flaxft.models.attention.attention(..., implementation=name)`; None when that
-    function takes no `implementation` argument (the selector is missing)."""
+def selector() -> Callable[[str], Callable]:
+    """name -> attention(q_BLNH, k_BLNH, v_BLNH, mask) -> [B, L, N, H] through
+    `flaxft.models.attention.attention(..., implementation=name)`."""
     from flaxft.models import attention as attention_lib
-
-    if "implementation" not in inspect.signature(attention_lib.attention).parameters:
-        return None
 
     def select(name: str) -> Callable:
         def attend(q, k, v, mask):
@@ -183,16 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     select = selector()
     print(f"attention check on {jax.device_count()}x {jax.devices()[0].device_kind}: "
           f"batch {args.batch} x seq {args.seq} x {args.heads} heads x {args.head_dim}")
-    if select is None:
-        print("model.attention's implementation selector is missing (flaxft.models.attention.attention takes no "
-              "`implementation` argument): nothing compared")
-        print(json.dumps({"missing": True, "fastest": None, "rows": []}), flush=True)
-        return 0
     names = [REFERENCE, *(n for n in args.implementations.split(",") if n and n != REFERENCE)]
     data = inputs(args.batch, args.seq, args.heads, args.head_dim)
     rows = compare({name: select(name) for name in names}, data, dtypes, args.repeats)
     print(table(rows))
-    print(json.dumps({"missing": False, "fastest": fastest(rows), "rows": rows}), flush=True)
+    print(json.dumps({"fastest": fastest(rows), "rows": rows}), flush=True)
     return 1 if any(r.get("ok") is False for r in rows) else 0
 
 

@@ -5,7 +5,7 @@
 #
 # 1. flaxft.attention_check: model.attention's dot_product and flash against xla, output
 #    and q/k/v gradients at batch 8 x seq 512 x 12 heads x 64, in float32 and bfloat16,
-#    timed (a missing implementation selector is reported, not fatal).
+#    timed.
 # 2. flaxft.bench in bfloat16 (--config.model.dtype=bfloat16) with the fastest
 #    attention the check found to agree in bfloat16 (--attention NAME fixes it instead;
 #    "auto" when the check names none): bert_base and bert_large at seq 512,
@@ -99,8 +99,6 @@ print("" if value is None else str(value).lower())' "$check_json" "$1"
 label=""
 if [ -n "$attention" ]; then
   label=$attention
-elif [ "$(field missing)" = "true" ]; then
-  label=""  # no model.attention yet: the benches run the default attention
 else
   label=$(field fastest)
   label=${label:-auto}
