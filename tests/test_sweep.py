@@ -185,8 +185,9 @@ def test_the_published_sweep_files_plan_valid_runs():
 
     assert all(tuple(c.task.text_fields.split(",")) == GLUE_TEXT_FIELDS[t] for t, c in by_task.items())
     demo = sweep_lib.plan(sweep_lib.load_sweep_file(f"{REPO}/configs/sweep_demo.py:some/checkpoint"))
-    assert [r.name for r in demo.runs] == ["topics/learning_rate=5e-05,seed=0", "topics/learning_rate=5e-05,seed=1",
-                                           "topics/learning_rate=0.0001,seed=0", "topics/learning_rate=0.0001,seed=1"]
+    settings = ["learning_rate=5e-05,seed=0", "learning_rate=5e-05,seed=1", "learning_rate=0.0001,seed=0",
+                "learning_rate=0.0001,seed=1"]
+    assert [r.name for r in demo.runs] == [f"{task}/{s}" for task in ("classification", "topics") for s in settings]
 
 
 # ----------------------------------------------------------------------------- results
