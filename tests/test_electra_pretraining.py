@@ -251,9 +251,10 @@ STEPS = dict(num_train_steps=6, log_every_steps=1, eval_every_steps=6, checkpoin
 
 
 @pytest.mark.slow
-def test_every_mesh_layout_gives_the_single_device_losses(corpus, tmp_path):
+def test_a_data_fsdp_tensor_mesh_gives_the_single_device_losses(corpus, tmp_path):
+    """Data, FSDP and tensor parallel at once (every layout alone: test_sharding, BERT)."""
     reference, _ = single_device_run("tiny_electra_config", corpus, STEPS, tmp_path / "one")
-    for layout in ({"mesh.data": 8}, {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}):
+    for layout in ({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2},):
         workdir = tmp_path / "_".join(f"{k[5:]}{v}" for k, v in layout.items())
         train.run(tiny_electra_config(corpus, **STEPS, **layout), str(workdir))
         got = losses(workdir)

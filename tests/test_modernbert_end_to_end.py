@@ -273,13 +273,15 @@ def test_pretraining_with_a_modernbert_tokenizer_folder_runs_and_exports_it(corp
 
 
 @pytest.mark.slow
-def test_every_mesh_layout_gives_the_single_device_losses(corpus, tmp_path):
-    """Data parallel, FSDP, tensor parallel and all three at once: the losses of a process
-    with one CPU device, within test_sharding's tolerance."""
+def test_mesh_layouts_give_the_single_device_losses(corpus, tmp_path):
+    """FSDP, and data, FSDP and tensor parallel at once: the losses of a process with one
+    CPU device, within test_sharding's tolerance (which runs every layout for BERT; the
+    sharding rules are shared, ModernBERT's own are its fused axis)."""
     steps = dict(num_train_steps=6, log_every_steps=1, eval_every_steps=6, checkpoint_every_steps=6)
     reference, stdout = single_device_run("tiny_modernbert_config", corpus, steps, tmp_path / "one")
     assert "over 1 cpu devices" in stdout
-    for name, layout in sorted(LAYOUTS.items()):
+    for name in ("fsdp8", "dp2_fsdp2_tp2"):
+        layout = LAYOUTS[name]
         train.run(tiny_modernbert_config(corpus, **steps, **layout), str(tmp_path / name))
         got = losses(tmp_path / name)
         assert len(got) == len(reference) == 6

@@ -18,9 +18,6 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
 from flaxft.errors import InputError
 from flaxft.models.dropout import dropout, keep_mask
@@ -215,6 +212,8 @@ def pallas_gpu_attention(q_BLNH: Array, k_BLNH: Array, v_BLNH: Array, segment_id
     fused backward pass); `interpret` runs it on any backend (slow: for tests). Rows are
     padded (segment id 0) to the kernel's blocks: 128, or the next power of two below
     that. [B, L, N, H]."""
+    from jax.experimental.pallas.ops.gpu import attention as pallas_gpu  # Pallas only where used: start-up
+
     length = q_BLNH.shape[1]
     block = min(128, 1 << (length - 1).bit_length())
     padded = -(-length // block) * block
@@ -228,7 +227,11 @@ def pallas_gpu_attention(q_BLNH: Array, k_BLNH: Array, v_BLNH: Array, segment_id
 
 
 @functools.lru_cache(maxsize=None)
-def _splash_kernel(length: int, num_heads: int, interpret: bool) -> splash.SplashAttentionKernel:
+def _splash_kernel(length: int, num_heads: int, interpret: bool):
+    """Splash attention's kernel for rows of `length` (full mask; segment ids per call)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+
     mask = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * num_heads)
     return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
 
@@ -239,6 +242,8 @@ def splash_attention(q_BLNH: Array, k_BLNH: Array, v_BLNH: Array, segment_ids_BL
     attention (`jax.experimental.pallas.ops.tpu.splash_attention`, its default 128 blocks;
     rows padded to them with segment id 0), one kernel call per row; `interpret` runs it
     on any backend (slow: for tests). [B, L, N, H]."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+
     length = q_BLNH.shape[1]
     padded = -(-length // 128) * 128
     kernel = _splash_kernel(padded, q_BLNH.shape[2], interpret)
