@@ -29,7 +29,6 @@ from jax.experimental import multihost_utils
 from flaxft import checkpoint, optim, report, sharding
 from flaxft.contracts import Batch, HostBatch, Run, Task, summarize
 from flaxft.files import PathKind, kind_of
-from flaxft.models.matmul import fast_compute_dtype
 from flaxft.models.params import init_params
 from flaxft.preemption import Interrupted, Preemption
 
@@ -291,7 +290,7 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
         total, trains = _count(abstract.params), _count(optim.split(abstract.params, run.trainable)[0])
         print(f"{type(model).__name__}: {trains:,} of {total:,} parameters train ({trains / total:.1%}); "
               f"{sharding.describe(run.mesh, abstract, state_shardings)}")
-        print(f"compute dtype {_compute_dtype_line(model.config)}; attention {model.config.attention_line()}; "
+        print(f"compute dtype {model.config.compute_dtype_line()}; attention {model.config.attention_line()}; "
               f"train step compiled in {time.monotonic() - t0:.1f}s")
     if jax.process_count() > 1:
         print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local devices, "
@@ -402,13 +401,6 @@ def _to_global(batch: HostBatch, batch_sharding: jax.sharding.Sharding) -> Batch
 def _fetch(tree):
     """Device outputs -> numpy on every process (batch-split arrays gathered whole)."""
     return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def _compute_dtype_line(model_config) -> str:
-    """The compute dtype, and for model.dtype auto why it was chosen."""
-    if model_config.dtype != "auto":
-        return str(model_config.compute_dtype)
-    return f"{model_config.compute_dtype} (model.dtype auto: {fast_compute_dtype()[1]})"
 
 
 def _count(params) -> int:

@@ -164,6 +164,12 @@ class ModelConfig:
         return resolve_attention(self.attention, training_dropout, jax.default_backend(),
                                  bool(self.sliding_window_fields()))
 
+    def compute_dtype_line(self) -> str:
+        """The compute dtype, and for "auto" why it was chosen, for the start-up line."""
+        if self.dtype != "auto":
+            return str(self.compute_dtype)
+        return f"{self.compute_dtype} (model.dtype auto: {fast_compute_dtype()[1]})"
+
     def attention_line(self) -> str:
         """The attention implementation on the current backend, for the start-up line."""
         return describe_attention(self.attention, self.attention_dropout_rate, jax.default_backend(),
