@@ -74,7 +74,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.max_predictions_per_seq = 20
     c.data.short_seq_prob = 0.1
     c.data.eval_fraction = 0.02  # share of documents held out for evaluation
-    c.data.cache_dir = ""  # "" = WORKDIR/cache
+    c.data.cache_dir = ""  # "" = WORKDIR/cache: each corpus chunk's tokens and rows (reused across runs and hosts)
+    c.data.streams = 0  # S data streams, each its own share of the shards; 0 = one per process
+    c.data.chunk_mb = 16.0  # MB of text prepared (read, tokenized, laid out in rows) at a time
+    c.data.mix_chunks = 8  # chunks whose rows are shuffled together
+    c.data.workers = -1  # processes preparing chunks while training runs; -1 = one per core, 0 = none
+    c.data.tokenizer_sample_mb = 64.0  # text a tokenizer is trained on when config.data.tokenizer is empty
 
     c.pretraining = ml_collections.ConfigDict()
     c.pretraining.discriminator_weight = 50.0  # ELECTRA: lambda, the replaced-token loss's weight next to the MLM loss
@@ -231,6 +236,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.global_batch_size ({config.global_batch_size}) does not divide into "
             f"config.grad_accum_steps ({config.grad_accum_steps}) microbatches"
         )
+    if config.data.streams < 0:
+        raise InputError(f"config.data.streams must be >= 0 (0 = one per process), got {config.data.streams}")
+    if config.data.workers < -1:
+        raise InputError(f"config.data.workers must be >= -1 (-1 = one per core), got {config.data.workers}")
+    for field in ("data.chunk_mb", "data.mix_chunks", "data.tokenizer_sample_mb"):
+        if _get(config, field) <= 0:
+            raise InputError(f"config.{field} must be positive, got {_get(config, field)}")
     if config.data.max_predictions_per_seq > config.seq_len:
         raise InputError("config.data.max_predictions_per_seq is larger than config.seq_len")
 

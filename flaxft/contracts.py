@@ -58,11 +58,13 @@ class Loader(Protocol):
     def __next__(self) -> HostBatch:
         """The next step's batch."""
 
-    def state(self) -> dict[str, int]:
-        """The position to save in a checkpoint (JSON-ready)."""
+    def state(self) -> dict:
+        """The position to save in a checkpoint (JSON-ready). With several processes the
+        loop merges theirs: equal values, and the union of dicts (a process's own part)."""
 
-    def restore(self, state: dict[str, int]) -> None:
-        """Continues from a saved position; InputError if it belongs to other data."""
+    def restore(self, state: dict) -> None:
+        """Continues from a saved position (the merged one); InputError if it belongs to
+        other data."""
 
     def close(self) -> None:
         """Stops background work."""

@@ -11,6 +11,7 @@ dispatching the next step never waits for the last. It knows the run's contracts
 """
 
 import functools
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -312,7 +313,7 @@ def _train(run: Run, ckpt: checkpoint.TrainCheckpointer | None) -> dict[str, flo
                 stop = preemption.stop_at(done)
                 if done % config.checkpoint_every_steps == 0 or final or stop:  # written while evaluating
                     log.flush()  # in abort mode, never save a state whose loss is not finite
-                    ckpt.save(done, state, model, run.train_loader.state(), config.to_dict())
+                    ckpt.save(done, state, model, _all_processes(run.train_loader.state()), config.to_dict())
                 if done % config.eval_every_steps == 0 or final:
                     log.flush()
                     evaluation, outputs = run.evaluation, []
@@ -396,6 +397,24 @@ class StepLogger:
 def _to_global(batch: HostBatch, batch_sharding: jax.sharding.Sharding) -> Batch:
     """This host's rows -> one global jax.Array per field, split over the batch axes."""
     return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+
+
+def _all_processes(data_state: dict) -> dict:
+    """The loaders' states of every process merged into one (what process 0 saves): the
+    same keys must hold the same values, but for dicts, which are merged (each process
+    knows the positions of its own data streams)."""
+    if jax.process_count() == 1:
+        return data_state
+    encoded = np.frombuffer(json.dumps(data_state).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([len(encoded)]))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:len(encoded)] = encoded
+    gathered = multihost_utils.process_allgather(padded)
+    merged = {}
+    for row, length in zip(gathered, lengths.ravel().tolist()):
+        for key, value in json.loads(row[:length].tobytes()).items():
+            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
 
 
 def _fetch(tree):

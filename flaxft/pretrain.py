@@ -50,10 +50,11 @@ class MeanOverBatches:
 TRAINERS = {"wordpiece": data.train_wordpiece, "byte_level_bpe": data.train_byte_level_bpe}
 
 
-def tokenizer_of(config: ml_collections.ConfigDict, workdir: Path, documents: list[str], kind: str):
+def tokenizer_of(config: ml_collections.ConfigDict, workdir: Path, kind: str):
     """The run's tokenizer and how to write it into the workdir: the configured folder or
     file (copied), the one a previous run of this workdir trained (nothing to write), or
-    one of `kind` trained on the corpus now (saved)."""
+    one of `kind` trained now on a sample of the corpus (`config.data.tokenizer_sample_mb`;
+    saved)."""
     if config.data.tokenizer:
         return data.load_tokenizer(config.data.tokenizer), functools.partial(copy_tokenizer_files,
                                                                               config.data.tokenizer)
@@ -62,6 +63,8 @@ def tokenizer_of(config: ml_collections.ConfigDict, workdir: Path, documents: li
     if kind not in TRAINERS:
         raise InputError(f"config.data.tokenizer is empty, and flaxft trains no {kind} tokenizer "
                          f"(model family {config.model.family!r}); give a tokenizer folder")
+    documents = data.sample_documents(config.data.path, config.data.text_column,
+                                      int(config.data.tokenizer_sample_mb * 2**20), _chunk_bytes(config))
     tokenizer = TRAINERS[kind](documents, config.model.vocab_size)
     return tokenizer, functools.partial(data.save_tokenizer, tokenizer)
 
@@ -95,8 +98,9 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     config = config.copy_and_resolve_references()
     config_lib.resolve_warmup(config)
     model_family = family_named(config.model.family)
-    documents = data.read_documents(config.data.path, config.data.text_column)
-    tokenizer, write_tokenizer = tokenizer_of(config, workdir, documents, model_family.tokenizer)
+    chunks = data.corpus_chunks(config.data.path, config.data.text_column,
+                                config.data.streams or jax.process_count(), _chunk_bytes(config))
+    tokenizer, write_tokenizer = tokenizer_of(config, workdir, model_family.tokenizer)
     model_family.check_tokenizer(data.tokenizer_kind(tokenizer), config.data.tokenizer or str(workdir / TOKENIZER))
     vocab = tokenizer.get_vocab_size()
     if vocab > config.model.vocab_size:  # fewer is fine: rows past the tokenizer's stay unused (ModernBERT's 50,368)
@@ -113,7 +117,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     tx, trainable, learning_rate_groups = optim.for_model(config, abstract_params(model), model_family.depth,
                                                           model.config.num_hidden_layers)
     init_params = checkpoint.init_params_for(workdir, config.init_from, model, config.seed)
-    train_loader, eval_loader = loaders(config, workdir, documents, tokenizer)
+    train_loader, eval_loader = loaders(config, workdir, chunks, tokenizer)
     return Run(
         config=config, workdir=workdir, task=task, model=model, tx=tx, mesh=mesh, rules=rules,
         train_loader=train_loader, evaluation=MeanOverBatches(eval_loader, config.eval_batches, task),
@@ -122,22 +126,38 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     )
 
 
-def loaders(config: ml_collections.ConfigDict, workdir: Path, documents: list[str],
+def loaders(config: ml_collections.ConfigDict, workdir: Path, chunks: list[list[data.Chunk]],
             tokenizer: Tokenizer) -> tuple[data.PretrainLoader, data.PretrainLoader]:
     """The training loader and the (unshuffled) evaluation loader of the held-out
-    documents, over examples built from `documents` (cached)."""
-    cache_dir = config.data.cache_dir or str(workdir / "cache")
-    build = functools.partial(
-        data.build_examples, documents, tokenizer, config.seq_len, config.data.format, config.seed, cache_dir,
-        eval_fraction=config.data.eval_fraction, short_seq_prob=config.data.short_seq_prob,
-    )
+    documents, over the rows of this process's streams of `chunks`, prepared in the
+    background into the cache (`config.data.cache_dir`, else WORKDIR/cache)."""
+    recipe = data.Recipe(tokenizer.to_str(), config.seq_len, config.data.format, config.seed,
+                         config.data.short_seq_prob, config.data.eval_fraction)
+    process, processes = jax.process_index(), jax.process_count()
+    per_process = len(chunks) // processes  # the loaders check that the streams divide evenly
+    mine = range(process * per_process, (process + 1) * per_process)
+    preparation = data.Preparation([(k, i, c) for k in mine for i, c in enumerate(chunks[k])], recipe,
+                                   config.data.cache_dir or workdir / "cache", config.data.workers,
+                                   show_progress=process == 0)
+    if processes > 1:
+        mine_chunks = [c for k in mine for c in chunks[k]]
+        files = sorted({Path(c.path).name if c.path else "documents" for c in mine_chunks})
+        print(f"process {process}/{processes}: data streams {mine.start}-{mine.stop - 1} of {len(chunks)}, "
+              f"{sum(c.num_bytes for c in mine_chunks) / 1e6:,.1f} MB of text in {len(files)} file(s): "
+              f"{', '.join(files[:4])}{', ...' if len(files) > 4 else ''}", flush=True)
+    special_ids = data.special_token_ids(tokenizer)
     options = dict(
-        vocab_size=tokenizer.get_vocab_size(), special_ids=data.special_token_ids(tokenizer),
+        vocab_size=tokenizer.get_vocab_size(), special_ids=special_ids,
         mask_rate=config.data.mask_rate, max_predictions=config.data.max_predictions_per_seq,
-        whole_word=config.data.whole_word_masking, process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        whole_word=config.data.whole_word_masking, process_index=process, process_count=processes,
     )
-    train = data.PretrainLoader(build(split="train"), config.global_batch_size, config.seed, **options)
-    evaluation = data.PretrainLoader(build(split="eval"), config.global_batch_size, config.seed + 1, shuffle=False,
+    rows = functools.partial(data.PreparedRows, preparation, chunks=chunks, special_ids=special_ids)
+    train = data.PretrainLoader(rows("train"), config.global_batch_size, config.seed,
+                                mix_chunks=config.data.mix_chunks, **options)
+    evaluation = data.PretrainLoader(rows("eval"), config.global_batch_size, config.seed + 1, shuffle=False,
                                      prefetch=0, **options)
     return train, evaluation
+
+
+def _chunk_bytes(config: ml_collections.ConfigDict) -> int:
+    return int(config.data.chunk_mb * 2**20)

@@ -12,7 +12,7 @@ import pytest
 
 from flaxft.data.corpus import (
     DEFAULT_CORPUS,
-    corpus_fingerprint,
+    corpus_chunks,
     default_corpus,
     documents_fingerprint,
     read_documents,
@@ -126,14 +126,15 @@ def test_empty_corpus_names_the_path(tmp_path):
         read_documents(str(empty_folder))
 
 
-def test_file_fingerprint_follows_content_changes(tmp_path):
+def test_chunk_identity_follows_content_changes(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("Some text.")
-    before = corpus_fingerprint(str(path))
-    assert corpus_fingerprint(str(path)) == before
-    assert corpus_fingerprint(str(path), text_column="other") != before
+    identity = lambda **options: corpus_chunks(str(path), **options)[0][0].identity  # noqa: E731
+    before = identity()
+    assert identity() == before
+    assert identity(text_column="other") != before
     path.write_text("Some other text.")
-    assert corpus_fingerprint(str(path)) != before
+    assert identity() != before
 
 
 def test_default_corpus_is_large_clean_english_prose():

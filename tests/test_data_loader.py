@@ -1,10 +1,12 @@
 """PretrainLoader: shapes, host sharding, resume, epochs, determinism."""
 
+import json
+
 import numpy as np
 import pytest
 
 from flaxft.data.examples import Examples
-from flaxft.data.loader import PretrainLoader
+from flaxft.data.stream import InMemory, PretrainLoader
 from flaxft.errors import InputError
 
 SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -64,7 +66,7 @@ def test_batch_keys_shapes_and_dtypes():
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
     rows = example_indices(batch)
     np.testing.assert_array_equal(batch["attention_mask"], examples.segment_ids[rows] > 0)
-    assert make_loader(examples).max_predictions == round(0.15 * SEQ_LEN)
+    assert make_loader(examples).max_predictions_for(SEQ_LEN) == round(0.15 * SEQ_LEN)
 
 
 def test_epochs_are_permutations_reshuffled_each_epoch():
@@ -91,20 +93,81 @@ def test_batches_straddle_epoch_boundaries():
     assert stream == sum(orders, [])[:60]
 
 
+def split_rows(examples, parts):
+    """`examples` cut into `parts` consecutive row ranges (chunks)."""
+    return [Examples(**{k: v[index] for k, v in vars(examples).items()})
+            for index in np.array_split(np.arange(len(examples)), parts)]
+
+
+def chunked_source(streams=2, chunks_per_stream=3, rows_per_stream=NUM_EXAMPLES):
+    """Stream k's rows are examples k*rows_per_stream ... (token_type_ids name them)."""
+    everything = make_rows(num_examples=streams * rows_per_stream)
+    per_stream = split_rows(everything, streams)
+    return InMemory([split_rows(rows, chunks_per_stream) for rows in per_stream])
+
+
 @pytest.mark.parametrize("process_count", [2, 4])
-def test_host_slices_concatenate_to_the_global_batch(process_count):
-    single = make_loader(global_batch_size=8, whole_word=True)
-    hosts = [
-        make_loader(
-            global_batch_size=8, whole_word=True, process_index=p, process_count=process_count
-        )
-        for p in range(process_count)
-    ]
-    for step in [0, 1, 7]:
-        local = [host.get_batch(step) for host in hosts]
+def test_processes_serve_their_streams_of_the_global_batch(process_count):
+    """Every process serves S / P streams; their rows, concatenated, are the batch one
+    process serving all S streams makes."""
+    source = chunked_source(streams=4)
+    single = make_loader(source, global_batch_size=8, whole_word=True)
+    processes = [make_loader(source, global_batch_size=8, whole_word=True, process_index=p,
+                             process_count=process_count) for p in range(process_count)]
+    for step in [0, 1, 7, 19]:
+        local = [process.get_batch(step) for process in processes]
         assert all(len(batch["input_ids"]) == 8 // process_count for batch in local)
         joined = {key: np.concatenate([batch[key] for batch in local]) for key in local[0]}
         assert_batches_equal(joined, single.get_batch(step))
+        # stream k fills rows 2k, 2k+1 of the global batch with its own examples only
+        assert [i // NUM_EXAMPLES for i in example_indices(joined)] == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_epochs_over_chunks_visit_every_row_once_and_blocks_mix_their_chunks_only():
+    source = chunked_source(streams=1, chunks_per_stream=4)  # chunks of 5 rows
+    loader = make_loader(source, global_batch_size=5, mix_chunks=2)
+    epochs = [sum((example_indices(loader.get_batch(s)) for s in range(4 * e, 4 * e + 4)), []) for e in range(2)]
+    for order in epochs:
+        assert sorted(order) == list(range(NUM_EXAMPLES))
+        blocks = [set(order[:10]), set(order[10:])]  # two blocks of two chunks each
+        assert all(len({i // 5 for i in block}) == 2 for block in blocks)
+    assert epochs[0] != epochs[1]
+    unmixed = make_loader(source, global_batch_size=5, mix_chunks=1)
+    assert all(len({i // 5 for i in example_indices(unmixed.get_batch(s))}) == 1 for s in range(4))
+
+
+def test_resuming_reads_no_chunk_before_the_saved_position():
+    class Counting(InMemory):
+        def rows(self, stream, index, rows):
+            self.asked.add((stream, index))
+            return super().rows(stream, index, rows)
+
+        def num_rows(self, stream, index):
+            self.asked.add((stream, index))
+            return super().num_rows(stream, index)
+
+    def source():
+        counting = Counting(chunked_source(streams=2, chunks_per_stream=4, rows_per_stream=40).chunks)
+        counting.asked = set()
+        return counting
+
+    original = make_loader(source(), global_batch_size=4, mix_chunks=1)
+    for _ in range(15):  # stream position 30 of 40: in the fourth of each stream's chunks
+        next(original)
+    state = original.state()
+    assert set(state) == {"step", "seed", "global_batch_size", "streams", "mix_chunks", "corpus", "positions"}
+    assert state["step"] == 15 and {tuple(v[:2]) for v in state["positions"].values()} == {(0, 3)}
+    expected = [next(original) for _ in range(8)]  # into the second epoch
+    resumed_source = source()
+    resumed = make_loader(resumed_source, global_batch_size=4, mix_chunks=1)
+    resumed.restore(json.loads(json.dumps(state)))
+    assert_batches_equal(next(resumed), expected[0])
+    asked_first = set(resumed_source.asked)
+    assert len(asked_first) == 2  # one chunk per stream: the one the position is in
+    for batch in expected[1:]:
+        assert_batches_equal(next(resumed), batch)
+    original.close()
+    resumed.close()
 
 
 @pytest.mark.parametrize("prefetch", [0, 3])
@@ -113,7 +176,7 @@ def test_resume_from_state_continues_identically(prefetch):
     for _ in range(7):
         next(original)
     state = original.state()
-    assert state == {"step": 7, "seed": 0, "global_batch_size": 4, "num_examples": NUM_EXAMPLES}
+    assert state["step"] == 7 and state["positions"] == {"0": [1, 0, 8]}  # 28 rows: epoch 1, row 8
     expected = [next(original) for _ in range(6)]
     resumed = make_loader(prefetch=prefetch)
     next(resumed)  # state elsewhere must not matter
@@ -121,8 +184,11 @@ def test_resume_from_state_continues_identically(prefetch):
     for batch in expected:
         assert_batches_equal(next(resumed), batch)
     assert resumed.state()["step"] == 13
-    original.close()
-    resumed.close()
+    legacy = make_loader(prefetch=prefetch)  # a state written before streams (one array of rows)
+    legacy.restore({"step": 7, "seed": 0, "global_batch_size": 4, "num_examples": NUM_EXAMPLES})
+    assert_batches_equal(next(legacy), expected[0])
+    for loader in (original, resumed, legacy):
+        loader.close()
 
 
 def test_iteration_equals_random_access_and_seed_matters():
@@ -139,10 +205,17 @@ def test_iteration_equals_random_access_and_seed_matters():
 def test_bad_arguments_and_mismatched_state():
     with pytest.raises(InputError, match="global_batch_size 6 .* process count 4"):
         make_loader(global_batch_size=6, process_count=4)
-    with pytest.raises(InputError, match="no examples"):
-        make_loader(make_rows(num_examples=0))
+    with pytest.raises(InputError, match=r"config.data.streams \(1\) must be a multiple of the process count \(2\)"):
+        make_loader(global_batch_size=4, process_count=2)
+    with pytest.raises(InputError, match="stream 0 has no training rows"):
+        make_loader(make_rows(num_examples=0)).get_batch(0)
     loader = make_loader()
+    state = loader.state()
     with pytest.raises(InputError, match="global_batch_size=8"):
-        loader.restore({"step": 3, "seed": 0, "global_batch_size": 8, "num_examples": NUM_EXAMPLES})
+        loader.restore({**state, "global_batch_size": 8})
     with pytest.raises(InputError, match="seed"):
-        loader.restore({"step": 3, "seed": 5, "global_batch_size": 4, "num_examples": NUM_EXAMPLES})
+        loader.restore({**state, "seed": 5})
+    with pytest.raises(InputError, match="streams=2"):
+        loader.restore({**state, "streams": 2})
+    with pytest.raises(InputError, match="num_examples=21"):
+        loader.restore({"step": 3, "seed": 0, "global_batch_size": 4, "num_examples": 21})

@@ -1,18 +1,21 @@
-"""Data: pretraining corpora (corpus -> tokenizer -> tokenized sentences -> fixed-length
-examples, cached on disk) and fine-tuning records (files and datasets -> records ->
+"""Data: pretraining corpora (corpus -> chunks -> tokenized sentences -> row layouts,
+prepared by worker processes and cached per chunk on disk -> streams of masked rows) and
+fine-tuning records (files and datasets -> records ->
 features -> packed rows), served by deterministic, per-host, checkpointable loaders.
 
 Knows tokens, not models: imports neither jax nor any other part of flaxft but errors
 and files.
 """
 
-from flaxft.data.corpus import DEFAULT_CORPUS, default_corpus, read_documents
+from flaxft.data.corpus import DEFAULT_CORPUS, corpus_chunks, default_corpus, read_documents, sample_documents
 from flaxft.data.examples import FORMATS, Examples, make_examples, split_documents
 from flaxft.data.features import Features, RowTemplate, padding_fraction, stack_rows, truncate_pair
-from flaxft.data.loader import FinetuneLoader, PackedFinetuneLoader, PretrainLoader, StepLoader, concat_outputs
+from flaxft.data.loader import FinetuneLoader, PackedFinetuneLoader, StepLoader, concat_outputs
 from flaxft.data.masking import mask_example
-from flaxft.data.pipeline import build_examples
+from flaxft.data.prepare import Preparation, PreparedRows, Recipe
 from flaxft.data.records import Split, load_splits, read_split
+from flaxft.data.shards import Chunk
+from flaxft.data.stream import InMemory, PretrainLoader
 from flaxft.data.tokenize import TokenizedCorpus, tokenize_documents
 from flaxft.data.tokenizer import (
     RowLayout,
@@ -38,7 +41,13 @@ __all__ = [
     "Split",
     "StepLoader",
     "TokenizedCorpus",
-    "build_examples",
+    "Chunk",
+    "InMemory",
+    "Preparation",
+    "PreparedRows",
+    "Recipe",
+    "corpus_chunks",
+    "sample_documents",
     "concat_outputs",
     "default_corpus",
     "load_splits",

@@ -28,15 +28,16 @@ import ast
 import functools
 import glob
 import hashlib
-import json
 import os
 import re
-import sys
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from flaxft.data.hub import is_saved_dataset, load_named, load_saved
+import numpy as np
+
+from flaxft.data.hub import is_saved_dataset, load_train_split
+from flaxft.data.shards import Chunk, file_chunks, read_chunk, record_chunks
 from flaxft.errors import InputError
 
 DEFAULT_CORPUS = "stdlib-docstrings"
@@ -57,7 +58,8 @@ _HUB_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
 
 
 def read_documents(path: str, text_column: str = "text") -> list[str]:
-    """Reads the corpus named by `path` (see the module docstring for what it may be).
+    """Reads the whole corpus named by `path` (see the module docstring for what it may be)
+    into memory: for small corpora and tests; training reads chunks (`corpus_chunks`).
 
     Returns:
         One `str` per document, stripped, in a deterministic order; blank ones dropped.
@@ -66,42 +68,55 @@ def read_documents(path: str, text_column: str = "text") -> list[str]:
         InputError: `path` is missing or unreadable, a record file lacks `text_column`,
             a hub dataset cannot be loaded, or no document has any text.
     """
-    if path == DEFAULT_CORPUS:
-        return default_corpus()
-    dataset = _hf_dataset(path)
-    if dataset is not None:
-        documents = _dataset_column(dataset, text_column, path)
-    else:
-        documents = [doc for file in _corpus_files(path) for doc in _read_file(file, text_column)]
-    documents = [document.strip() for document in documents if document.strip()]
+    documents = [doc for chunk in corpus_chunks(path, text_column)[0] for doc in read_chunk(chunk)]
     if not documents:
         raise InputError(f"corpus {path!r} has no non-blank document")
     return documents
 
 
-def corpus_fingerprint(path: str, text_column: str = "text") -> str:
-    """A hex digest that changes whenever the documents `read_documents(path)` returns could.
+def corpus_chunks(
+    corpus: str | Sequence[str], text_column: str = "text", streams: int = 1, chunk_bytes: int = 16 << 20
+) -> list[list[Chunk]]:
+    """The chunks of each of `streams` streams of `corpus` (`flaxft.data.shards`): a name
+    as for `read_documents`, or the documents themselves.
 
-    Files: their resolved paths, sizes and modification times (content is not read).
-    Hugging Face datasets (on disk or from the hub): the dataset's `_fingerprint`.
-    The default corpus: the Python version and a hash of its text. `text_column` is
-    part of the digest for everything but the default corpus.
+    Raises:
+        InputError: as `read_documents`, or a stream would get no document.
     """
-    if path == DEFAULT_CORPUS:
-        parts = [DEFAULT_CORPUS, sys.version, documents_fingerprint(default_corpus())]
-    else:
-        dataset = _hf_dataset(path)
-        if dataset is not None:
-            parts = ["hf-dataset", path, dataset._fingerprint, text_column]
-        else:
-            parts = ["files", text_column] + [
-                f"{file.resolve()}:{file.stat().st_size}:{file.stat().st_mtime_ns}"
-                for file in _corpus_files(path)
-            ]
-    return _sha256(json.dumps(parts))
+    if not isinstance(corpus, str) or corpus == DEFAULT_CORPUS:
+        documents = default_corpus() if isinstance(corpus, str) else [d for d in corpus]
+        fingerprint = documents_fingerprint(documents)
+        return record_chunks("documents", "", len(documents), sum(map(len, documents)), fingerprint, text_column,
+                             streams, chunk_bytes, documents)
+    dataset = hf_dataset(corpus)
+    if dataset is None:
+        return file_chunks(_corpus_files(corpus), text_column, streams, chunk_bytes)
+    if text_column not in dataset.column_names:
+        raise InputError(f"dataset {corpus!r} has no text column {text_column!r} (columns: {dataset.column_names})")
+    num_bytes = dataset.data.column(text_column).nbytes
+    return record_chunks("dataset", corpus, len(dataset), num_bytes, dataset._fingerprint, text_column, streams,
+                         chunk_bytes)
 
 
-def documents_fingerprint(documents: list[str]) -> str:
+def sample_documents(corpus: str | Sequence[str], text_column: str, max_bytes: int, chunk_bytes: int) -> list[str]:
+    """About `max_bytes` of `corpus`'s text (a tokenizer's training sample): all of it when
+    it is no larger, else whole chunks spread evenly over it, in corpus order.
+
+    Raises:
+        InputError: as `read_documents`.
+    """
+    chunks = corpus_chunks(corpus, text_column, 1, chunk_bytes)[0]
+    total = sum(chunk.num_bytes for chunk in chunks)
+    if total > max_bytes:
+        wanted = max(1, min(len(chunks), round(len(chunks) * max_bytes / total)))
+        chunks = [chunks[i] for i in np.unique(np.linspace(0, len(chunks) - 1, wanted).round().astype(int))]
+    documents = [document for chunk in chunks for document in read_chunk(chunk)]
+    if not documents:
+        raise InputError(f"corpus {corpus if isinstance(corpus, str) else 'given'!r} has no non-blank document")
+    return documents
+
+
+def documents_fingerprint(documents: Sequence[str]) -> str:
     """Hex digest of the documents' text and boundaries."""
     digest = hashlib.sha256()
     for document in documents:
@@ -137,40 +152,20 @@ def _stdlib_docstring_documents() -> tuple[str, ...]:
     return tuple(documents)
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _looks_like_path(path: str) -> bool:
     return not _HUB_NAME.match(path) or path.startswith((".", "~")) or path.endswith(
         SUPPORTED_SUFFIXES
     )
 
 
-def _hf_dataset(path: str):
+def hf_dataset(path: str):
     """The `datasets.Dataset` that `path` names (a saved folder or a hub name), else None."""
     folder = Path(path).expanduser()
     if folder.is_dir() and is_saved_dataset(folder):
-        import datasets
-
-        dataset = load_saved(folder, "corpus")
-        if not isinstance(dataset, datasets.DatasetDict):
-            return dataset
-        if "train" not in dataset:
-            raise InputError(f"dataset {path!r} has no 'train' split (has {sorted(dataset)})")
-        return dataset["train"]
+        return load_train_split(path, "corpus")
     if folder.exists() or glob.has_magic(path) or _looks_like_path(path):
         return None
-    return load_named(path, "corpus", split="train")
-
-
-def _dataset_column(dataset, text_column: str, path: str) -> list[str]:
-    if text_column not in dataset.column_names:
-        raise InputError(
-            f"dataset {path!r} has no text column {text_column!r} "
-            f"(columns: {dataset.column_names})"
-        )
-    return [text or "" for text in dataset[text_column]]
+    return load_train_split(path, "corpus")
 
 
 def _corpus_files(path: str) -> list[Path]:
@@ -191,50 +186,6 @@ def _corpus_files(path: str) -> list[Path]:
     if not files:
         raise InputError(f"corpus path {path!r} matches no {'/'.join(SUPPORTED_SUFFIXES)} file")
     return files
-
-
-def _read_file(file: Path, text_column: str) -> list[str]:
-    suffix = file.suffix.lower()
-    try:
-        if suffix in RECORD_SUFFIXES:
-            return _read_records(file, suffix, text_column)
-        return _BLANK_LINES.split(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"cannot read corpus file {str(file)!r}: {e}") from e
-
-
-def _read_records(file: Path, suffix: str, text_column: str) -> list[str]:
-    import pandas as pd
-
-    if suffix in (".jsonl", ".json"):
-        return _read_json_lines(file, text_column)
-    if suffix == ".parquet":
-        frame = pd.read_parquet(file)
-    else:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
-    if text_column not in frame.columns:
-        raise InputError(
-            f"corpus file {str(file)!r} has no text column {text_column!r} "
-            f"(columns: {list(frame.columns)})"
-        )
-    return ["" if text is None else str(text) for text in frame[text_column].tolist()]
-
-
-def _read_json_lines(file: Path, text_column: str) -> list[str]:
-    """The `text_column` of every JSON object in a JSON-lines file; errors name the line."""
-    texts = []
-    with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"corpus file {str(file)!r}: line {number} is not JSON ({e.msg})") from None
-            if not isinstance(record, dict) or text_column not in record:
-                raise InputError(f"corpus file {str(file)!r}: line {number} has no text column {text_column!r}")
-            texts.append("" if record[text_column] is None else str(record[text_column]))
-    return texts
 
 
 def _stdlib_sources() -> Iterator[Path]:

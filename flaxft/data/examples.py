@@ -119,7 +119,8 @@ def make_examples(
     special_ids: Mapping[str, int],
     short_seq_prob: float = 0.1,
 ) -> Examples:
-    """Rows of `format` ("bert" or "roberta", see the module docstring) from `corpus`.
+    """Rows of `format` ("bert" or "roberta", see the module docstring) from `corpus`:
+    every row of `lay_out_rows(corpus, ..., np.random.default_rng(seed))`.
 
     Args:
         corpus: tokenized documents.
@@ -136,6 +137,47 @@ def make_examples(
     Raises:
         InputError: unknown format, seq_len too small, or "bert" with < 2 documents.
     """
+    layout = lay_out_rows(corpus, seq_len, format, np.random.default_rng(seed), short_seq_prob)
+    return fill_rows(corpus, layout, np.arange(layout.num_rows), seq_len, special_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where the tokens of N rows come from: K segments, each [CLS]? tokens[start:end]
+    [SEP], placed in its row after the one before (arrays may be memory-mapped).
+
+    Attributes:
+        row_offsets: [N + 1] int64: row r is segments [row_offsets[r], row_offsets[r + 1]).
+        start, end: [K] int64 token positions in the `TokenizedCorpus`.
+        leading_cls: [K] bool, the segment opens with [CLS].
+        segment_id: [K] int32, its `segment_ids` value.
+        token_type: [K] int32, its `token_type_ids` value.
+        next_sentence_label: [N] int32.
+    """
+
+    row_offsets: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    leading_cls: np.ndarray
+    segment_id: np.ndarray
+    token_type: np.ndarray
+    next_sentence_label: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        """N."""
+        return len(self.row_offsets) - 1
+
+
+def lay_out_rows(
+    corpus: TokenizedCorpus, seq_len: int, format: str, rng: np.random.Generator, short_seq_prob: float = 0.1
+) -> Layout:
+    """The `Layout` of the rows of `format` made from `corpus` (the module docstring);
+    "bert" draws from `rng`.
+
+    Raises:
+        InputError: unknown format, seq_len too small, or "bert" with < 2 documents.
+    """
     check_example_args(seq_len, format)
     if format == "bert":
         if corpus.num_documents < 2:
@@ -143,18 +185,41 @@ def make_examples(
                 f"format 'bert' needs >= 2 documents for next-sentence pairs, "
                 f"got {corpus.num_documents}"
             )
-        rng = np.random.default_rng(seed)
         segments, labels = _bert_segments(corpus, seq_len - 3, short_seq_prob, rng)
     else:
         segments = _roberta_segments(corpus, seq_len)
         labels = np.zeros(segments.num_rows, np.int32)
-    return _fill_rows(corpus, segments, labels, seq_len, special_ids)
+    return Layout(
+        row_offsets=offsets(np.bincount(segments.row, minlength=segments.num_rows)),
+        start=segments.start, end=segments.end, leading_cls=segments.leading_cls,
+        segment_id=segments.segment_id, token_type=segments.token_type,
+        next_sentence_label=labels.astype(np.int32),
+    )
+
+
+def fill_rows(
+    corpus: TokenizedCorpus, layout: Layout, rows: np.ndarray, seq_len: int, special_ids: Mapping[str, int]
+) -> Examples:
+    """The rows `rows` ([b] int, any order, repeats allowed) of `layout` as `Examples`
+    ([b, seq_len]), their tokens read from `corpus`."""
+    rows = np.asarray(rows, np.int64)
+    first = layout.row_offsets[rows]
+    counts = layout.row_offsets[rows + 1] - first
+    picked = concat_ranges(first, counts)
+    segments = _Segments(
+        row=np.repeat(np.arange(len(rows)), counts),
+        start=np.asarray(layout.start[picked]), end=np.asarray(layout.end[picked]),
+        leading_cls=np.asarray(layout.leading_cls[picked]), segment_id=np.asarray(layout.segment_id[picked]),
+        token_type=np.asarray(layout.token_type[picked]),
+    )
+    labels = np.asarray(layout.next_sentence_label[rows])
+    return _fill_rows(corpus, segments, labels, len(rows), seq_len, special_ids)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Segments:
-    """Row layout: each segment is [CLS]? tokens[start:end] [SEP], placed after the previous
-    segment of its row. Arrays are [num_segments], sorted by row."""
+    """Row layout while it is built: as `Layout`, with each segment's row number instead
+    of row offsets. Arrays are [num_segments], sorted by row."""
 
     row: np.ndarray
     start: np.ndarray
@@ -279,11 +344,11 @@ def _fill_rows(
     corpus: TokenizedCorpus,
     segments: _Segments,
     labels: np.ndarray,
+    num_rows: int,
     seq_len: int,
     special_ids: Mapping[str, int],
 ) -> Examples:
     """Writes every segment into its row: [N, L] arrays, vectorized over all segments."""
-    num_rows = segments.num_rows
     lengths = segments.end - segments.start
     widths = segments.leading_cls + lengths + 1  # [CLS]? tokens [SEP]
     column = _sum_before_in_row(widths, segments.row)  # first column of each segment

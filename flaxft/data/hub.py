@@ -39,6 +39,22 @@ def load_named(spec: str, what: str, split: str | None = None):
         ) from e
 
 
+def load_train_split(spec: str, what: str):
+    """The `train` split of the dataset saved in folder `spec` (a `Dataset` is taken whole),
+    else of the hub dataset `spec`; `what` names it in errors."""
+    import datasets
+
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        return load_named(spec, what, split="train")
+    dataset = load_saved(folder, what)
+    if not isinstance(dataset, datasets.DatasetDict):
+        return dataset
+    if "train" not in dataset:
+        raise InputError(f"dataset {spec!r} has no 'train' split (has {sorted(dataset)})")
+    return dataset["train"]
+
+
 def one_line(error: BaseException, limit: int = 500) -> str:
     """An exception's message on one line, cut to `limit` characters."""
     return " ".join(str(error).split())[:limit]

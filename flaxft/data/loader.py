@@ -1,4 +1,5 @@
-"""Deterministic, checkpointable, per-host batches: one base, two kinds of rows.
+"""Deterministic, checkpointable, per-host batches of fine-tuning rows (pretraining
+batches: `flaxft.data.stream`, on the same prefetching base).
 
 The global example stream is the concatenation of epochs; epoch e visits the N rows in
 the order `np.random.default_rng([seed, e]).permutation(N)` (identity without shuffle).
@@ -8,8 +9,6 @@ batches depend only on the step: never on the host count, on prefetching, or on 
 the run was resumed. A loader's state is the next step plus the numbers that must match
 on restore.
 
-- `PretrainLoader`: pretraining examples, masked dynamically; an example's mask is drawn
-  from a generator seeded by (seed, epoch, example index) alone.
 - `FinetuneLoader`: fixed-size feature arrays (a fine-tuning split). Evaluation
   (`shuffle=False`) is one pass in row order instead, `num_batches = ceil(N / G)`, the
   last batch filled up with copies of row 0 (real inputs, so the model's outputs on them
@@ -28,19 +27,57 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from flaxft.data.examples import Examples
-from flaxft.data.masking import mask_example
 from flaxft.errors import InputError
 
-# Appended to masking seeds so they never collide with the epoch-order seed [seed, epoch]
-# (SeedSequence pads short seeds with zeros, so [seed, epoch, 0] would equal it).
-_MASK_STREAM = 1
+
+class Prefetching:
+    """Iteration over `get_batch(step)` (a subclass's pure function of the step) from
+    `self.step` on, with `prefetch` batches computed ahead on a background thread."""
+
+    def __init__(self, prefetch: int):
+        self.step = 0
+        self._prefetch = prefetch
+        self._pending: collections.deque = collections.deque()
+        self._executor = None
+
+    def get_batch(self, step: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __iter__(self) -> "Prefetching":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        """The batch for `self.step`, then advances it."""
+        if self._prefetch == 0:
+            batch = self.get_batch(self.step)
+        else:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, type(self).__name__)
+            while len(self._pending) <= self._prefetch:
+                next_step = self.step + len(self._pending)
+                self._pending.append(self._executor.submit(self.get_batch, next_step))
+            batch = self._pending.popleft().result()
+        self.step += 1
+        return batch
+
+    def seek(self, step: int) -> None:
+        """Serves `step` next (prefetched batches are dropped)."""
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self.step = step
+
+    def close(self) -> None:
+        """Stops the prefetch thread; the next `__next__` would start a new one."""
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+        self._pending.clear()
 
 
-class StepLoader:
-    """What both loaders share: host slicing, epoch order, iteration with optional
-    prefetching, and the state a checkpoint keeps. Subclasses make `get_batch(step)`,
-    this host's batch for global step `step`, a pure function of `step`."""
+class StepLoader(Prefetching):
+    """Host slicing and epoch order over N rows, and the state a checkpoint keeps.
+    Subclasses make `get_batch(step)`, this host's batch for global step `step`."""
 
     def __init__(
         self,
@@ -63,19 +100,13 @@ class StepLoader:
             prefetch: batches computed ahead on a background thread (0: none).
         """
         check_host_slicing(global_batch_size, seed, process_index, process_count)
+        super().__init__(prefetch)
         self.num_examples = num_examples
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // process_count
         self.process_index = process_index
         self.seed = seed
         self.shuffle = shuffle
-        self.step = 0
-        self._prefetch = prefetch
-        self._pending: collections.deque = collections.deque()
-        self._executor = None
-
-    def get_batch(self, step: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
 
     def positions(self, step: int, process_index: int | None = None) -> np.ndarray:
         """[b] positions in the global stream of this host's (or host `process_index`'s)
@@ -94,23 +125,6 @@ class StepLoader:
             rows[here] = _epoch_order(self.seed, epoch, self.num_examples, self.shuffle)[offsets[here]]
         return epochs, rows
 
-    def __iter__(self) -> "StepLoader":
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        """The batch for `self.step`, then advances it."""
-        if self._prefetch == 0:
-            batch = self.get_batch(self.step)
-        else:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(1, type(self).__name__)
-            while len(self._pending) <= self._prefetch:
-                next_step = self.step + len(self._pending)
-                self._pending.append(self._executor.submit(self.get_batch, next_step))
-            batch = self._pending.popleft().result()
-        self.step += 1
-        return batch
-
     def state(self) -> dict[str, int]:
         """The next step to serve, plus what `restore` checks (batches consumed so far)."""
         return {
@@ -127,102 +141,7 @@ class StepLoader:
                 raise InputError(
                     f"data loader state has {key}={state.get(key)}, but this run has {value}"
                 )
-        for future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self.step = int(state["step"])
-
-    def close(self) -> None:
-        """Stops the prefetch thread; the next `__next__` would start a new one."""
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-            self._executor = None
-        self._pending.clear()
-
-
-class PretrainLoader(StepLoader):
-    """Masked pretraining batches.
-
-    Batch dict for the local batch b = G / P, row length L, M = max_predictions:
-        input_ids [b, L] int32 (masked), attention_mask [b, L] int32 (1 on real tokens),
-        token_type_ids [b, L] int32, segment_ids [b, L] int32,
-        masked_positions [b, M] int32, masked_labels [b, M] int32,
-        masked_weights [b, M] float32, next_sentence_label [b] int32.
-    """
-
-    def __init__(
-        self,
-        examples: Examples,
-        global_batch_size: int,
-        seed: int,
-        *,
-        vocab_size: int,
-        special_ids: Mapping[str, int],
-        mask_rate: float = 0.15,
-        max_predictions: int | None = None,
-        whole_word: bool = False,
-        process_index: int = 0,
-        process_count: int = 1,
-        shuffle: bool = True,
-        prefetch: int = 2,
-    ):
-        """
-        Args:
-            examples: the rows to serve (N >= 1).
-            vocab_size: random replacement tokens are drawn below it.
-            special_ids: the ids by role, "mask" and the others
-                (`special_token_ids(tokenizer)`); none of them is ever a random replacement.
-            mask_rate: fraction of real non-special tokens to predict.
-            max_predictions: M; default `max(1, round(mask_rate * L))`, which always fits.
-            whole_word: mask whole words.
-            The rest: see `StepLoader`.
-        """
-        if len(examples) == 0:
-            raise InputError("the loader got no examples (is the corpus or eval split empty?)")
-        if not 0 < mask_rate <= 1:
-            raise InputError(f"mask_rate must be in (0, 1], got {mask_rate}")
-        if max_predictions is not None and max_predictions < 1:
-            raise InputError(f"max_predictions must be >= 1, got {max_predictions}")
-        super().__init__(
-            len(examples), global_batch_size, seed, shuffle=shuffle, process_index=process_index,
-            process_count=process_count, prefetch=prefetch,
-        )
-        self.examples = examples
-        self.max_predictions = max_predictions or max(1, round(mask_rate * examples.seq_len))
-        self._masking = dict(
-            mask_id=special_ids["mask"],
-            vocab_size=vocab_size,
-            special_ids=tuple(special_ids.values()),
-            max_predictions=self.max_predictions,
-            mask_rate=mask_rate,
-            whole_word=whole_word,
-        )
-
-    def get_batch(self, step: int) -> dict[str, np.ndarray]:
-        """This host's batch for global step `step` (a pure function of `step`)."""
-        epochs, indices = self.stream_rows(step)
-        masked = [
-            mask_example(
-                self.examples.input_ids[index],
-                self.examples.special_mask[index],
-                self.examples.word_starts[index],
-                np.random.default_rng([self.seed, epoch, index, _MASK_STREAM]),
-                **self._masking,
-            )
-            for epoch, index in zip(epochs.tolist(), indices.tolist())
-        ]
-        input_ids, positions, labels, weights = (np.stack(column) for column in zip(*masked))
-        segment_ids = self.examples.segment_ids[indices]
-        return {
-            "input_ids": input_ids,
-            "attention_mask": (segment_ids > 0).astype(np.int32),
-            "token_type_ids": self.examples.token_type_ids[indices],
-            "segment_ids": segment_ids,
-            "masked_positions": positions,
-            "masked_labels": labels,
-            "masked_weights": weights,
-            "next_sentence_label": self.examples.next_sentence_label[indices],
-        }
+        self.seek(int(state["step"]))
 
 
 class FinetuneLoader(StepLoader):
