@@ -98,8 +98,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     config = config.copy_and_resolve_references()
     config_lib.resolve_warmup(config)
     model_family = family_named(config.model.family)
-    chunks = data.corpus_chunks(config.data.path, config.data.text_column,
-                                config.data.streams or jax.process_count(), _chunk_bytes(config))
+    chunks = corpus_plan(config, config.data.streams or jax.process_count())
     tokenizer, write_tokenizer = tokenizer_of(config, workdir, model_family.tokenizer)
     model_family.check_tokenizer(data.tokenizer_kind(tokenizer), config.data.tokenizer or str(workdir / TOKENIZER))
     vocab = tokenizer.get_vocab_size()
@@ -131,13 +130,11 @@ def loaders(config: ml_collections.ConfigDict, workdir: Path, chunks: list[list[
     """The training loader and the (unshuffled) evaluation loader of the held-out
     documents, over the rows of this process's streams of `chunks`, prepared in the
     background into the cache (`config.data.cache_dir`, else WORKDIR/cache)."""
-    recipe = data.Recipe(tokenizer.to_str(), config.seq_len, config.data.format, config.seed,
-                         config.data.short_seq_prob, config.data.eval_fraction)
     process, processes = jax.process_index(), jax.process_count()
     per_process = len(chunks) // processes  # the loaders check that the streams divide evenly
     mine = range(process * per_process, (process + 1) * per_process)
-    preparation = data.Preparation([(k, i, c) for k in mine for i, c in enumerate(chunks[k])], recipe,
-                                   config.data.cache_dir or workdir / "cache", config.data.workers,
+    preparation = data.Preparation([(k, i, c) for k in mine for i, c in enumerate(chunks[k])],
+                                   recipe_of(config, tokenizer), cache_dir_of(config, workdir), config.data.workers,
                                    show_progress=process == 0)
     if processes > 1:
         mine_chunks = [c for k in mine for c in chunks[k]]
@@ -157,6 +154,22 @@ def loaders(config: ml_collections.ConfigDict, workdir: Path, chunks: list[list[
     evaluation = data.PretrainLoader(rows("eval"), config.global_batch_size, config.seed + 1, shuffle=False,
                                      prefetch=0, **options)
     return train, evaluation
+
+
+def recipe_of(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> data.Recipe:
+    """How the run makes rows of a chunk."""
+    return data.Recipe(tokenizer.to_str(), config.seq_len, config.data.format, config.seed,
+                       config.data.short_seq_prob, config.data.eval_fraction)
+
+
+def cache_dir_of(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+    """Where prepared chunks are kept: config.data.cache_dir, else WORKDIR/cache."""
+    return Path(config.data.cache_dir or Path(workdir) / "cache").expanduser()
+
+
+def corpus_plan(config: ml_collections.ConfigDict, streams: int) -> list[list[data.Chunk]]:
+    """The chunks of each of `streams` streams of the run's corpus."""
+    return data.corpus_chunks(config.data.path, config.data.text_column, streams, _chunk_bytes(config))
 
 
 def _chunk_bytes(config: ml_collections.ConfigDict) -> int:

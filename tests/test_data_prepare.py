@@ -34,7 +34,7 @@ from flaxft.data import (
 )
 from flaxft.data.shards import read_chunk
 from flaxft.errors import InputError
-from tests.tiny import REPO, logged_step, losses, run_main, start_main, steps_on_disk, wait_for
+from tests.tiny import REPO, logged_step, losses, run_main, start_main, steps_on_disk, tiny_flags, wait_for
 
 FORMATS = ("txt", "jsonl", "csv", "parquet", "dataset")
 
@@ -198,6 +198,24 @@ def test_a_bad_shard_met_during_training_exits_2_naming_it(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "cannot read corpus file" in result.stderr and "shard-2.txt" in result.stderr
+
+
+def test_parts_prepared_ahead_on_several_machines_leave_training_nothing_to_read(tmp_path):
+    folder = write_corpus_files(tmp_path / "corpus", corpus_documents(), "txt", files=3)
+    flags = tiny_flags(folder, **{"data.chunk_mb": 0.02, "data.workers": 0, "num_train_steps": 4})
+    for part in ("0/2", "1/2"):
+        prepared = subprocess.run([sys.executable, "-m", "flaxft.prepare_corpus", *flags, "--workdir",
+                                   str(tmp_path / "work"), "--part", part], cwd=REPO, capture_output=True, text=True)
+        assert prepared.returncode == 0, prepared.stderr
+        assert re.search(rf"prepared \d+ chunks \(part {part}\)", prepared.stdout)
+    assert (tmp_path / "work" / "tokenizer" / "tokenizer.json").is_file()
+    trained = subprocess.run([sys.executable, "-m", "flaxft.main", *flags, "--workdir", str(tmp_path / "work")],
+                             cwd=REPO, capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr
+    assert re.search(r"corpus prepared: \d+ chunks, [\d.]+ MB, all from the cache", trained.stdout), trained.stdout
+    bad = subprocess.run([sys.executable, "-m", "flaxft.prepare_corpus", *flags, "--workdir", str(tmp_path / "w2"),
+                          "--part", "2/2"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("--part must be I/N with 0 <= I < N, got '2/2'")
 
 
 def test_default_corpus_end_to_end(tokenizer, tmp_path):

@@ -279,7 +279,9 @@ class _Progress:
         elapsed = now - self.started
         rate = (self.bytes - self.cached_bytes) / max(elapsed, 1e-9) / 1e6
         cached = f", {self.cached} from the cache" if self.cached else ""
-        if last:
+        if last and self.cached == self.chunks:
+            line = f"corpus prepared: {self.chunks} chunks, {self.bytes / 1e6:,.1f} MB, all from the cache"
+        elif last:
             line = (f"corpus prepared: {self.chunks} chunks, {self.bytes / 1e6:,.1f} MB in {_clock(elapsed)} "
                     f"({rate:.1f} MB/s{cached})")
         else:
