@@ -14,7 +14,9 @@ Makes the corpus with `benchmarks/make_corpus.py` when the folder does not exist
    core, into an empty cache: MB/s per machine and per core, peak tree RSS.
 3. **one process**: what flaxft did before chunks (read every document, tokenize in one
    process, lay out every row, save one `.npz`) on the corpus's first `--baseline_mb` MB:
-   MB/s. Step 2's over step 3's rate is the preparation speed-up per machine.
+   MB/s, as `flaxft.main` ran it (the tokenizer on one thread: the CLI sets
+   TOKENIZERS_PARALLELISM=false) and with the tokenizer's own threads. Step 2's over
+   step 3's rate is the preparation speed-up per machine.
 4. **loader**: `flaxft.bench --what data` at `configs/pretrain_bert_base.py`'s shape over
    the prepared cache: tokens/s (on one thread), to set against the bert_base step's
    tokens/s (`flaxft.bench --what train`, README).
@@ -59,11 +61,12 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
-def watched(command: list[str], marker: str | None = None) -> dict:
-    """Runs `command`; returns its output lines, seconds to the first line holding
-    `marker`, wall seconds, and the peak RSS of its process tree."""
+def watched(command: list[str], marker: str | None = None, env: dict | None = None) -> dict:
+    """Runs `command` (with `env` added to the environment); returns its output lines,
+    seconds to the first line holding `marker`, wall seconds, and the peak RSS of its
+    process tree."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, cwd=REPO, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     peak, lines, first = [0.0], [], [None]
 
@@ -164,23 +167,28 @@ def main() -> None:
             print(f"| prepare | {stats['mb']:,.0f} MB in {stats['chunks']} chunks in {stats['seconds']:.0f} s: "
                   f"{rate:.2f} MB/s ({rate / cores:.2f} per core) | peak RSS {prep['peak_rss_mb']:,.0f} MB |", flush=True)
         if "one_process" not in skip:
-            one = watched([sys.executable, "-c", ONE_PROCESS, str(corpus), tokenizer, str(scratch / "examples.npz"),
-                           str(args.baseline_mb)])
-            stats = json.loads(one["lines"][-1])
-            result.update(one_process_mb_per_s=stats["mb"] / stats["seconds"], one_process_peak_rss_mb=one["peak_rss_mb"])
-            print(f"| one process | {stats['mb']:,.0f} MB in {stats['seconds']:.0f} s: "
-                  f"{result['one_process_mb_per_s']:.2f} MB/s | peak RSS {one['peak_rss_mb']:,.0f} MB |", flush=True)
-            if "prepare_mb_per_s" in result:
-                result["prepare_speedup"] = result["prepare_mb_per_s"] / result["one_process_mb_per_s"]
-                print(f"| speed-up | {result['prepare_speedup']:.2f}x per machine |", flush=True)
+            for threads in ("false", "true"):  # flaxft.main sets TOKENIZERS_PARALLELISM=false
+                one = watched([sys.executable, "-c", ONE_PROCESS, str(corpus), tokenizer,
+                               str(scratch / "examples.npz"), str(args.baseline_mb)], env={"TOKENIZERS_PARALLELISM": threads})
+                stats = json.loads(one["lines"][-1])
+                rate = stats["mb"] / stats["seconds"]
+                name = "one_process" if threads == "false" else "one_process_tokenizer_threads"
+                result.update({f"{name}_mb_per_s": rate, f"{name}_peak_rss_mb": one["peak_rss_mb"]})
+                if "prepare_mb_per_s" in result:
+                    result[f"prepare_speedup_vs_{name}"] = result["prepare_mb_per_s"] / rate
+                print(f"| {name.replace('_', ' ')} | {stats['mb']:,.0f} MB in {stats['seconds']:.0f} s: {rate:.2f} MB/s "
+                      f"| peak RSS {one['peak_rss_mb']:,.0f} MB | prepare / this: "
+                      f"{result.get(f'prepare_speedup_vs_{name}', float('nan')):.2f}x |", flush=True)
         if "loader" not in skip:
             bench = watched([sys.executable, "-m", "flaxft.bench", "--config", "configs/pretrain_bert_base.py",
                              "--what", "data", f"--config.data.path={corpus}", f"--config.data.tokenizer={tokenizer}",
                              f"--config.data.cache_dir={cache}", "--config.model.vocab_size=30522"])
             stats = json.loads(bench["lines"][-1])
-            result.update(loader_tokens_per_s=stats["data_tokens_per_sec"], loader_setup_s=stats["setup_s"])
+            result.update(loader_tokens_per_s=stats["data_tokens_per_sec"], loader_setup_s=stats["setup_s"],
+                          loader_first_batch_s=stats["data_first_batch_s"])
             print(f"| loader | {stats['data_tokens_per_sec']:,.0f} tokens/s at bert_base's shape "
-                  f"(b={stats['global_batch_size']}, L={stats['seq_len']}) | setup {stats['setup_s']:.1f} s |", flush=True)
+                  f"(b={stats['global_batch_size']}, L={stats['seq_len']}, one thread) | setup {stats['setup_s']:.1f} s, "
+                  f"first batch {stats['data_first_batch_s']:.1f} s after it |", flush=True)
     print(json.dumps(result))
 
 

@@ -378,11 +378,13 @@ def device_fields(device_kind: str, device_count: int, memory_stats: list[dict |
 
 
 def bench_data(run, batches: int) -> dict:
-    """Times `batches` batches of the run's training loader (built with its examples by
-    the setup; batches made on this thread, no prefetching). Tokens are row positions,
-    padding included, as the train step counts them."""
+    """Times the run's training loader: its first batch (the wait for the first chunks
+    to be prepared), then `batches` more (made on this thread, no prefetching). Tokens
+    are row positions, padding included, as the train step counts them."""
     config, loader = run.config, run.train_loader
-    loader.get_batch(0)  # the epoch order
+    started = time.perf_counter()
+    loader.get_batch(0)  # waits for the first block of chunks to be prepared
+    first_batch_s = time.perf_counter() - started
     started = time.perf_counter()
     for step in range(1, batches + 1):
         loader.get_batch(step)
@@ -391,7 +393,7 @@ def bench_data(run, batches: int) -> dict:
         "data_tokens_per_sec": batches * config.global_batch_size * config.seq_len / seconds,
         "data_batch_ms": seconds / batches * 1e3,
         "data_batches": batches,
-        "data_rows": loader.num_examples,  # of the training split
+        "data_first_batch_s": first_batch_s,  # after the setup (setup_s)
         "data_format": config.data.format,
         "data_whole_word": config.data.whole_word_masking,
         "global_batch_size": config.global_batch_size,

@@ -77,9 +77,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.cache_dir = ""  # "" = WORKDIR/cache: each corpus chunk's tokens and rows (reused across runs and hosts)
     c.data.streams = 0  # S data streams, each its own share of the shards; 0 = one per process
     c.data.chunk_mb = 16.0  # MB of text prepared (read, tokenized, laid out in rows) at a time
-    c.data.mix_chunks = 8  # chunks whose rows are shuffled together
+    c.data.mix_chunks = 4  # chunks whose rows are shuffled together
     c.data.workers = -1  # processes preparing chunks while training runs; -1 = one per core, 0 = none
-    c.data.tokenizer_sample_mb = 64.0  # text a tokenizer is trained on when config.data.tokenizer is empty
+    c.data.tokenizer_sample_mb = 32.0  # text a tokenizer is trained on when config.data.tokenizer is empty
 
     c.pretraining = ml_collections.ConfigDict()
     c.pretraining.discriminator_weight = 50.0  # ELECTRA: lambda, the replaced-token loss's weight next to the MLM loss

@@ -152,7 +152,7 @@ def loaders(config: ml_collections.ConfigDict, workdir: Path, chunks: list[list[
     train = data.PretrainLoader(rows("train"), config.global_batch_size, config.seed,
                                 mix_chunks=config.data.mix_chunks, **options)
     evaluation = data.PretrainLoader(rows("eval"), config.global_batch_size, config.seed + 1, shuffle=False,
-                                     prefetch=0, **options)
+                                     chunk_order_seed=config.seed, prefetch=0, **options)
     return train, evaluation
 
 

@@ -211,7 +211,7 @@ def test_cli_runs_the_train_step_and_the_loader(tmp_path):
     assert 0 < out["mfu"] and 0 < out["mfu_cpu_time"]
     assert out["compile_s"] > 0 and out["peak_host_mem_gb"] > 0.1
     assert math.isfinite(out["loss"])
-    assert out["data_tokens_per_sec"] > 0
+    assert out["data_tokens_per_sec"] > 0 and out["data_first_batch_s"] >= 0
     assert out["data_vs_train"] == pytest.approx(out["data_tokens_per_sec"] / out["tokens_per_sec"])
     assert "tokens/s" in lines[-2]  # the human-readable summary
 

@@ -219,3 +219,16 @@ def test_bad_arguments_and_mismatched_state():
         loader.restore({**state, "streams": 2})
     with pytest.raises(InputError, match="num_examples=21"):
         loader.restore({"step": 3, "seed": 0, "global_batch_size": 4, "num_examples": 21})
+
+
+def test_an_unshuffled_loader_can_visit_chunks_in_the_order_training_prepares_them():
+    source = chunked_source(streams=1, chunks_per_stream=4)  # chunks of 5 rows: chunk = index // 5
+    train = make_loader(source, global_batch_size=5, mix_chunks=2, seed=3)
+    first_block = {i // 5 for s in range(2) for i in example_indices(train.get_batch(s))}
+    held_out = make_loader(source, global_batch_size=5, seed=4, shuffle=False, chunk_order_seed=3)
+    visited = [example_indices(held_out.get_batch(s)) for s in range(4)]
+    assert {i // 5 for i in visited[0] + visited[1]} == first_block
+    assert all(rows == sorted(rows) for rows in visited)  # rows in order within a chunk
+    in_order = make_loader(source, global_batch_size=5, shuffle=False)
+    assert [example_indices(in_order.get_batch(s)) for s in range(4)] == [list(range(5 * c, 5 * c + 5))
+                                                                          for c in range(4)]

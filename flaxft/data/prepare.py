@@ -20,7 +20,6 @@ prepared while it runs. Memory stays bounded by the chunk size times the workers
 the corpus size. Process 0 prints the progress: chunks, MB, MB/s and the time left.
 """
 
-import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -214,43 +213,45 @@ class Preparation:
             self._start_more()
 
     def close(self) -> None:
-        """Stops the workers (chunks not yet prepared stay unprepared)."""
+        """Stops the workers at once (a chunk being written is left unwritten; `wait`
+        prepares what is still needed on the calling thread)."""
         with self._lock:
             self._closed = True
             self._queue.clear()
+            self._running.clear()
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.terminate()
+            pool.join()
 
     def _start_more(self) -> None:
         """Submits queued chunks while fewer than `workers` run (the lock is held)."""
         if self._error is not None or self._closed or self._workers == 0:
             return
         if self._pool is None and self._queue:
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_started)
+            self._pool = multiprocessing.get_context("spawn").Pool(self._workers, initializer=_worker_started)
         while self._queue and len(self._running) < self._workers:
             key = self._queue.pop(0)
             self._running.add(key)
-            future = self._pool.submit(prepare_chunk, self._chunks[key], self.recipe, self.cache_dir, *key)
-            future.add_done_callback(functools.partial(self._finished, key))
+            self._pool.apply_async(prepare_chunk, (self._chunks[key], self.recipe, self.cache_dir, *key),
+                                   callback=functools.partial(self._prepared, key),
+                                   error_callback=functools.partial(self._failed, key))
         if not self._queue and not self._running and self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+            self._pool.close()  # the workers exit; close() reaps them
 
-    def _finished(self, key: tuple[int, int], future: concurrent.futures.Future) -> None:
+    def _prepared(self, key: tuple[int, int], prepared: Prepared) -> None:
+        with self._lock:
+            if key in self._running:
+                self._running.discard(key)
+                self._finish(key, prepared)
+                self._start_more()
+            self._lock.notify_all()
+
+    def _failed(self, key: tuple[int, int], error: BaseException) -> None:
         with self._lock:
             self._running.discard(key)
-            if future.cancelled():
-                return
-            error = future.exception()
-            if error is not None:
-                self._error = error if isinstance(error, InputError) else RuntimeError(
-                    f"preparing corpus chunk {self._chunks[key].name} failed: {type(error).__name__}: {error}")
-                self._lock.notify_all()
-                return
-            self._finish(key, future.result())
-            self._start_more()
+            self._error = error if isinstance(error, InputError) else RuntimeError(
+                f"preparing corpus chunk {self._chunks[key].name} failed: {type(error).__name__}: {error}")
             self._lock.notify_all()
 
     def _finish(self, key: tuple[int, int], prepared: Prepared) -> None:

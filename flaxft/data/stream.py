@@ -11,8 +11,8 @@ A stream's rows, epoch after epoch: in epoch e its n chunks are visited in the o
 `default_rng([seed, e, 0, 2, k]).permutation(n)` and grouped into blocks of `mix_chunks`
 consecutive chunks; a block's rows (those of its chunks, concatenated) are visited in the
 order `default_rng([seed, e, 0, 0, b, k]).permutation(rows)`. A row's mask is drawn from
-`default_rng([seed, e, row, 1, chunk, k])` alone. Without shuffling (evaluation), chunks
-and rows are visited in order. Trailing zeros after the fourth number are left out, so
+`default_rng([seed, e, row, 1, chunk, k])` alone. Without shuffling (evaluation), rows
+are visited in order, and chunks in order or in the first-epoch order of a given seed's. Trailing zeros after the fourth number are left out, so
 one stream of one chunk is visited as the rows of one array always were:
 `default_rng([seed, e])` and `[seed, e, row, 1]` (`_seed`).
 
@@ -118,7 +118,8 @@ class PretrainLoader(Prefetching):
         process_index: int = 0,
         process_count: int = 1,
         shuffle: bool = True,
-        mix_chunks: int = 8,
+        mix_chunks: int = 4,
+        chunk_order_seed: int | None = None,
         prefetch: int = 2,
     ):
         """
@@ -136,6 +137,10 @@ class PretrainLoader(Prefetching):
                 be a multiple of it).
             shuffle: training order (above); False visits chunks and rows in order.
             mix_chunks: chunks per block, whose rows are shuffled together.
+            chunk_order_seed: without shuffling, visit each stream's chunks in the order
+                a loader shuffled with this seed visits them in its first epoch (for
+                evaluation: the chunks training needs, and so prepares, first); None:
+                in order.
             prefetch: batches made ahead on a background thread.
         """
         source = InMemory([[source]]) if isinstance(source, Examples) else source
@@ -158,6 +163,7 @@ class PretrainLoader(Prefetching):
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.shuffle = shuffle
+        self.chunk_order_seed = chunk_order_seed
         self.mix_chunks = mix_chunks if shuffle else 1
         self.rows_per_stream = global_batch_size // streams
         per_process = streams // process_count
@@ -168,6 +174,7 @@ class PretrainLoader(Prefetching):
         self._anchor = {k: (0, 0, 0) for k in self.streams}
         self._cursor = dict(self._anchor)
         self._lock = threading.Lock()
+        self._block = functools.lru_cache(maxsize=16)(self._make_block)
         if shuffle:
             self._want_rest_of_epoch()
 
@@ -241,7 +248,7 @@ class PretrainLoader(Prefetching):
         orders = []
         for k in self.streams:
             epoch, block, _ = self._anchor[k]
-            order = _chunk_order(self.seed, self.shuffle, self.source.num_chunks(k), k, epoch)
+            order = self._chunk_order(k, epoch)
             orders.append([(k, c) for c in order[block * self.mix_chunks:].tolist()])
         self.source.want([pair for group in zip(*orders) for pair in group] +
                          [pair for order in orders for pair in order[min(map(len, orders)):]])
@@ -303,28 +310,28 @@ class PretrainLoader(Prefetching):
         return Examples(**{f.name: np.concatenate([getattr(p, f.name) for p in pieces])[order]
                            for f in dataclasses.fields(Examples)})
 
-    def _block(self, stream: int, epoch: int, block: int) -> _Block:
-        return _block(self.source, self.seed, self.shuffle, self.mix_chunks, stream, epoch, block)
+    def _chunk_order(self, stream: int, epoch: int) -> np.ndarray:
+        """[n]: the order `stream`'s chunks are visited in, in `epoch`."""
+        num_chunks = self.source.num_chunks(stream)
+        if self.shuffle:
+            return _permutation(self.seed, epoch, stream, num_chunks)
+        if self.chunk_order_seed is None:
+            return np.arange(num_chunks)
+        return _permutation(self.chunk_order_seed, 0, stream, num_chunks)
 
-
-@functools.lru_cache(maxsize=16)
-def _block(source: RowSource, seed: int, shuffle: bool, mix_chunks: int, stream: int, epoch: int,
-           block: int) -> _Block:
-    chunks = _chunk_order(seed, shuffle, source.num_chunks(stream), stream, epoch)[
-        block * mix_chunks:(block + 1) * mix_chunks]
-    source.want([(stream, c) for c in chunks.tolist()])
-    sizes = np.array([source.num_rows(stream, c) for c in chunks.tolist()], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    total = int(offsets[-1])
-    order = (np.random.default_rng(_seed([seed, epoch, 0, _ORDER_KEY], block, stream)).permutation(total)
-             if shuffle else np.arange(total))
-    return _Block(chunks, offsets, order)
+    def _make_block(self, stream: int, epoch: int, block: int) -> _Block:
+        chunks = self._chunk_order(stream, epoch)[block * self.mix_chunks:(block + 1) * self.mix_chunks]
+        self.source.want([(stream, c) for c in chunks.tolist()])
+        sizes = np.array([self.source.num_rows(stream, c) for c in chunks.tolist()], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        total = int(offsets[-1])
+        order = (np.random.default_rng(_seed([self.seed, epoch, 0, _ORDER_KEY], block, stream)).permutation(total)
+                 if self.shuffle else np.arange(total))
+        return _Block(chunks, offsets, order)
 
 
 @functools.lru_cache(maxsize=8)
-def _chunk_order(seed: int, shuffle: bool, num_chunks: int, stream: int, epoch: int) -> np.ndarray:
-    if not shuffle:
-        return np.arange(num_chunks)
+def _permutation(seed: int, epoch: int, stream: int, num_chunks: int) -> np.ndarray:
     return np.random.default_rng(_seed([seed, epoch, 0, _CHUNK_ORDER_KEY], stream)).permutation(num_chunks)
 
 
