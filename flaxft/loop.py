@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 
 from flaxft import checkpoint, optim, report, sharding
 from flaxft.contracts import Batch, HostBatch, Run, Task, summarize
+from flaxft.errors import InputError
 from flaxft.files import PathKind, kind_of
 from flaxft.models.params import init_params
 from flaxft.preemption import Interrupted, Preemption
@@ -411,9 +412,13 @@ def _all_processes(data_state: dict) -> dict:
     padded[:len(encoded)] = encoded
     gathered = multihost_utils.process_allgather(padded)
     merged = {}
-    for row, length in zip(gathered, lengths.ravel().tolist()):
+    for process, (row, length) in enumerate(zip(gathered, lengths.ravel().tolist())):
         for key, value in json.loads(row[:length].tobytes()).items():
-            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+            if isinstance(value, dict):
+                merged[key] = {**merged.get(key, {}), **value}
+            elif merged.setdefault(key, value) != value:
+                raise InputError(f"the processes' data loaders disagree: process 0 has {key}={merged[key]!r}, "
+                                 f"process {process} {value!r} (do all hosts see the same corpus files?)")
     return merged
 
 

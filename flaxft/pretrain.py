@@ -98,7 +98,11 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     config = config.copy_and_resolve_references()
     config_lib.resolve_warmup(config)
     model_family = family_named(config.model.family)
-    chunks = corpus_plan(config, config.data.streams or jax.process_count())
+    streams = config.data.streams or jax.process_count()
+    if streams % jax.process_count():
+        raise InputError(f"config.data.streams ({streams}) must be a multiple of the process count "
+                         f"({jax.process_count()})")
+    chunks = corpus_plan(config, streams)
     tokenizer, write_tokenizer = tokenizer_of(config, workdir, model_family.tokenizer)
     model_family.check_tokenizer(data.tokenizer_kind(tokenizer), config.data.tokenizer or str(workdir / TOKENIZER))
     vocab = tokenizer.get_vocab_size()
@@ -138,7 +142,7 @@ def loaders(config: ml_collections.ConfigDict, workdir: Path, chunks: list[list[
                                    show_progress=process == 0)
     if processes > 1:
         mine_chunks = [c for k in mine for c in chunks[k]]
-        files = sorted({Path(c.path).name if c.path else "documents" for c in mine_chunks})
+        files = sorted({Path(path).name if path else "documents" for c in mine_chunks for path in c.paths})
         print(f"process {process}/{processes}: data streams {mine.start}-{mine.stop - 1} of {len(chunks)}, "
               f"{sum(c.num_bytes for c in mine_chunks) / 1e6:,.1f} MB of text in {len(files)} file(s): "
               f"{', '.join(files[:4])}{', ...' if len(files) > 4 else ''}", flush=True)

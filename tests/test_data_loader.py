@@ -232,3 +232,11 @@ def test_an_unshuffled_loader_can_visit_chunks_in_the_order_training_prepares_th
     in_order = make_loader(source, global_batch_size=5, shuffle=False)
     assert [example_indices(in_order.get_batch(s)) for s in range(4)] == [list(range(5 * c, 5 * c + 5))
                                                                           for c in range(4)]
+
+
+def test_empty_chunks_at_the_end_and_start_of_epochs_are_skipped():
+    rows = make_rows(num_examples=6)
+    source = InMemory([[rows, make_rows(num_examples=0), make_rows(num_examples=0)]])
+    loader = make_loader(source, global_batch_size=3, mix_chunks=1)
+    seen = [example_indices(loader.get_batch(step)) for step in range(12)]  # 6 epochs of rows 0-5
+    assert all(sorted(seen[2 * e] + seen[2 * e + 1]) == list(range(6)) for e in range(6))

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -87,7 +88,7 @@ def test_streams_get_disjoint_shares_that_cover_the_corpus(tmp_path, fmt, files,
     assert sorted(sum(shares, [])) == sorted(doc.strip() for doc in documents)  # each document once
     if files >= streams and fmt != "dataset":  # whole files: stream k reads files k, k + S, ...
         for k, stream in enumerate(plan):
-            assert sorted({chunk.path for chunk in stream}) == [str(tmp_path / f"shard-{i}.{fmt}")
+            assert sorted({path for chunk in stream for path in chunk.paths}) == [str(tmp_path / f"shard-{i}.{fmt}")
                                                                 for i in range(k, files, streams)]
 
 
@@ -95,6 +96,51 @@ def test_too_few_documents_for_the_streams_is_an_input_error(tmp_path):
     (tmp_path / "one.txt").write_text("Only one document here.")
     with pytest.raises(InputError, match="stream 1 gets no document.*config.data.streams"):
         corpus_chunks(str(tmp_path / "one.txt"), "text", streams=2)
+
+
+def test_small_files_are_packed_into_chunks_and_each_stream_gets_documents(tmp_path, tokenizer):
+    documents = corpus_documents(12)
+    for index, document in enumerate(documents):  # one document per file
+        (tmp_path / f"doc-{index:02d}.txt").write_text(document)
+    (chunk,), = corpus_chunks(str(tmp_path), "text", streams=1)
+    assert len(chunk.pieces) == 12 and read_chunk(chunk) == [doc.strip() for doc in documents]
+    preparation = Preparation([(0, 0, chunk)], Recipe(tokenizer.to_str(), 64, "bert", 0, 0.1, 0.2), tmp_path / "c", 0,
+                              show_progress=False)
+    assert all(preparation.wait(0, 0).rows[split] > 0 for split in ("train", "eval"))
+    four = tmp_path / "four.txt"
+    four.write_text("\n\n".join(documents[:4]))
+    shares = [[d for c in stream for d in read_chunk(c)] for stream in corpus_chunks(str(four), "text", streams=2)]
+    assert all(shares) and shares[0] + shares[1] == [d.strip() for d in documents[:4]]  # cut by bytes
+
+
+def test_a_text_file_without_blank_lines_is_refused_not_scanned_forever(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("One document per line, no blank line between them.\n" * 400)
+    with pytest.raises(InputError, match=r"lines\.txt' has no blank line in 0\.00 MB .*write JSON lines"):
+        corpus_chunks(str(path), "text", streams=1, chunk_bytes=1000)
+
+
+def test_a_worker_that_dies_fails_the_wait_instead_of_hanging(tmp_path, tokenizer):
+    path = str(write_corpus_files(tmp_path / "corpus", corpus_documents(600), "txt", files=2))
+    chunks = corpus_chunks(path, "text", streams=1, chunk_bytes=20000)[0]
+    preparation = Preparation([(0, i, c) for i, c in enumerate(chunks)], recipe(tokenizer), tmp_path / "cache", 2,
+                              show_progress=False)
+    preparation.want([(0, i) for i in range(len(chunks))])
+    workers = [int(p.name) for p in Path("/proc").iterdir()
+               if p.name.isdigit() and _parent(p) == os.getpid() and b"spawn_main" in (p / "cmdline").read_bytes()]
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="a worker process died"):
+        for index in range(len(chunks)):
+            preparation.wait(0, index)
+    preparation.close()
+
+
+def _parent(proc) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def test_tokenizer_sample_is_bounded_and_spread(tmp_path):

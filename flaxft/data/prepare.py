@@ -20,6 +20,8 @@ prepared while it runs. Memory stays bounded by the chunk size times the workers
 the corpus size. Process 0 prints the progress: chunks, MB, MB/s and the time left.
 """
 
+import concurrent.futures
+import concurrent.futures.process
 import dataclasses
 import functools
 import hashlib
@@ -77,8 +79,6 @@ class Prepared:
     tokens_dir: Path
     rows_dir: Path
     rows: Mapping[str, int]  # by split
-    documents: int
-    tokens: int
     from_cache: bool
 
     def open(self, split: str) -> tuple[TokenizedCorpus, Layout]:
@@ -90,9 +90,9 @@ def prepare_chunk(chunk: Chunk, recipe: Recipe, cache_dir: Path, stream: int, in
     """Prepares `chunk` (the `index`-th of stream `stream`) into `cache_dir` unless it is
     there already.
 
-    Its "bert" rows draw from `np.random.default_rng([seed, index, stream])` (for the
-    first chunk of stream 0 that is `default_rng(seed)`: a corpus of one chunk gets the
-    rows `make_examples` makes of it).
+    Its "bert" rows draw from `np.random.default_rng([seed, index, 0, 3, stream])`, but
+    the first chunk of stream 0's from `default_rng(seed)`: a corpus of one chunk gets the
+    rows `make_examples` makes of it.
 
     Raises:
         InputError: the chunk's file cannot be read, or its documents cannot make rows.
@@ -113,7 +113,7 @@ def prepare_chunk(chunk: Chunk, recipe: Recipe, cache_dir: Path, stream: int, in
     rows = {}
     layouts = {}
     for split, tokens in by_split.items():
-        rng = np.random.default_rng([recipe.seed, index, stream])
+        rng = np.random.default_rng([recipe.seed, index, 0, 3, stream] if index or stream else recipe.seed)
         if tokens.num_documents < (2 if recipe.format == "bert" else 1):
             layouts[split] = _empty_layout()
         else:
@@ -127,7 +127,7 @@ def prepare_chunk(chunk: Chunk, recipe: Recipe, cache_dir: Path, stream: int, in
             "tokens": int(train.sentence_offsets[-1] + by_split["eval"].sentence_offsets[-1]),
             "chunk": chunk.name}
     _write_entry(rows_dir, {split: dataclasses.asdict(layout) for split, layout in layouts.items()}, info)
-    return Prepared(tokens_dir, rows_dir, rows, info["documents"], info["tokens"], from_cache=False)
+    return Prepared(tokens_dir, rows_dir, rows, from_cache=False)
 
 
 def cached_chunk(chunk: Chunk, recipe: Recipe, cache_dir: Path, stream: int, index: int) -> Prepared | None:
@@ -136,7 +136,7 @@ def cached_chunk(chunk: Chunk, recipe: Recipe, cache_dir: Path, stream: int, ind
     info = _read_info(rows_dir)
     if info is None or not tokens_dir.is_dir():
         return None
-    return Prepared(tokens_dir, rows_dir, info["rows"], info["documents"], info["tokens"], from_cache=True)
+    return Prepared(tokens_dir, rows_dir, info["rows"], from_cache=True)
 
 
 def _entries(chunk: Chunk, recipe: Recipe, cache_dir: Path, stream: int, index: int) -> tuple[Path, Path]:
@@ -180,24 +180,25 @@ class Preparation:
             cached = cached_chunk(chunk, recipe, self.cache_dir, *key)
             if cached is not None:
                 self._finish(key, cached)
-        self._queue = [key for key in self._chunks if key not in self._done]
-        self._workers = (len(os.sched_getaffinity(0)) if workers == -1 else workers) if len(self._queue) > 1 else 0
+        self._queue = dict.fromkeys(key for key in self._chunks if key not in self._done)  # an ordered set
+        cores = len(os.sched_getaffinity(0)) if workers == -1 else workers
+        self._workers = min(cores, len(self._queue)) if len(self._queue) > 1 else 0
 
     def wait(self, stream: int, index: int) -> Prepared:
-        """The prepared chunk `index` of stream `stream`, once it is ready."""
+        """The prepared chunk `index` of stream `stream`, once it is ready (prepared on
+        this thread without workers, or after `close`)."""
         key = (stream, index)
         with self._lock:
-            if key not in self._done and (self._workers == 0 or self._closed) and key not in self._running:
-                self._finish(key, prepare_chunk(self._chunks[key], self.recipe, self.cache_dir, *key))
-            if key in self._queue:  # most needed now: next to start
-                self._queue.remove(key)
-                self._queue.insert(0, key)
-            self._start_more()
-            while key not in self._done and self._error is None:
-                self._lock.wait()
-            if self._error is not None:
-                raise self._error
-            return self._done[key]
+            self.want([key])
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if key in self._done:
+                    return self._done[key]
+                if (self._workers == 0 or self._closed) and key not in self._running:
+                    self._finish(key, prepare_chunk(self._chunks[key], self.recipe, self.cache_dir, *key))
+                else:
+                    self._lock.wait()
 
     @property
     def chunks_from_cache(self) -> int:
@@ -208,8 +209,8 @@ class Preparation:
         """Moves the chunks `keys` ((stream, index)) that have not started to the front of
         the queue, in that order."""
         with self._lock:
-            front = [key for key in keys if key in self._queue]
-            self._queue = front + [key for key in self._queue if key not in set(front)]
+            front = dict.fromkeys(key for key in keys if key in self._queue)
+            self._queue = {**front, **{key: None for key in self._queue if key not in front}}
             self._start_more()
 
     def close(self) -> None:
@@ -220,38 +221,40 @@ class Preparation:
             self._queue.clear()
             self._running.clear()
             pool, self._pool = self._pool, None
+            self._lock.notify_all()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            _stop(pool)
 
     def _start_more(self) -> None:
         """Submits queued chunks while fewer than `workers` run (the lock is held)."""
         if self._error is not None or self._closed or self._workers == 0:
             return
         if self._pool is None and self._queue:
-            self._pool = multiprocessing.get_context("spawn").Pool(self._workers, initializer=_worker_started)
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_started)
         while self._queue and len(self._running) < self._workers:
-            key = self._queue.pop(0)
+            key = next(iter(self._queue))
+            del self._queue[key]
             self._running.add(key)
-            self._pool.apply_async(prepare_chunk, (self._chunks[key], self.recipe, self.cache_dir, *key),
-                                   callback=functools.partial(self._prepared, key),
-                                   error_callback=functools.partial(self._failed, key))
-        if not self._queue and not self._running and self._pool is not None:
-            self._pool.close()  # the workers exit; close() reaps them
+            future = self._pool.submit(prepare_chunk, self._chunks[key], self.recipe, self.cache_dir, *key)
+            future.add_done_callback(functools.partial(self._finished, key))
 
-    def _prepared(self, key: tuple[int, int], prepared: Prepared) -> None:
+    def _finished(self, key: tuple[int, int], future: concurrent.futures.Future) -> None:
         with self._lock:
-            if key in self._running:
+            if key in self._running and not future.cancelled():
                 self._running.discard(key)
-                self._finish(key, prepared)
-                self._start_more()
-            self._lock.notify_all()
-
-    def _failed(self, key: tuple[int, int], error: BaseException) -> None:
-        with self._lock:
-            self._running.discard(key)
-            self._error = error if isinstance(error, InputError) else RuntimeError(
-                f"preparing corpus chunk {self._chunks[key].name} failed: {type(error).__name__}: {error}")
+                error = future.exception()
+                if error is None:
+                    self._finish(key, future.result())
+                    self._start_more()
+                elif isinstance(error, InputError):
+                    self._error = error
+                else:
+                    died = isinstance(error, concurrent.futures.process.BrokenProcessPool)
+                    self._error = RuntimeError(
+                        f"preparing corpus chunk {self._chunks[key].name} failed: "
+                        + ("a worker process died (out of memory?)" if died else f"{type(error).__name__}: {error}"))
+                    self._error.__cause__ = error
             self._lock.notify_all()
 
     def _finish(self, key: tuple[int, int], prepared: Prepared) -> None:
@@ -333,6 +336,17 @@ def _clock(seconds: float) -> str:
         return "--:--"
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}" if minutes < 60 else f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Ends `pool`'s workers now, a chunk half-prepared or not (its entry is written whole
+    or not at all)."""
+    processes = list(getattr(pool, "_processes", {}).values())  # Python < 3.14 has no terminate_workers()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 def _worker_started() -> None:

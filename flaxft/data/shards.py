@@ -33,12 +33,14 @@ from flaxft.errors import InputError
 _BLANK_LINES = re.compile(r"\n\s*\n")
 _BLANK_LINE_RUN = re.compile(rb"\n[^\S\n]*\n(?:[^\S\n]*\n)*")
 _WINDOW = 1 << 20
+_LONGEST_DOCUMENT_CHUNKS = 4  # a text file's longest stretch without a blank line, in chunks
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
 # By suffix: how a file's documents are cut and read.
 FILE_KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclasses.dataclass(frozen=True)
-class Chunk:
+class Piece:
     """A range of one shard's documents.
 
     Attributes:
@@ -71,6 +73,35 @@ class Chunk:
         return f"{self.path or 'documents'} ({unit} {self.start}-{self.stop})"
 
 
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """Consecutive pieces of one stream's share, prepared as one unit: one piece of a
+    large shard, or several small files packed together up to the chunk size."""
+
+    pieces: tuple[Piece, ...]
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(piece.num_bytes for piece in self.pieces)
+
+    @property
+    def identity(self) -> str:
+        """Hex digest of its pieces' identities."""
+        if len(self.pieces) == 1:
+            return self.pieces[0].identity
+        return _digest([piece.identity for piece in self.pieces])
+
+    @property
+    def paths(self) -> list[str]:
+        return [piece.path for piece in self.pieces]
+
+    @property
+    def name(self) -> str:
+        """How errors and logs name it."""
+        more = f" and {len(self.pieces) - 1} more file(s)" if len(self.pieces) > 1 else ""
+        return self.pieces[0].name + more
+
+
 def file_chunks(files: Sequence[Path], text_column: str, streams: int, chunk_bytes: int) -> list[list[Chunk]]:
     """The chunks of each of `streams` streams of a corpus made of `files` (sorted).
 
@@ -84,10 +115,23 @@ def file_chunks(files: Sequence[Path], text_column: str, streams: int, chunk_byt
     else:
         dealt = [[(file, k) for file in files] for k in range(streams)]
     splits = 1 if len(files) >= streams else streams
-    plans = {file: _FilePlan.of(file, text_column) for file in files}
-    chunks = [[c for file, part in stream for c in plans[file].chunks(part, splits, chunk_bytes)] for stream in dealt]
+    plans = {file: _FilePlan.of(file, text_column, chunk_bytes) for file in files}
+    chunks = [_packed([p for file, part in stream for p in plans[file].pieces(part, splits, chunk_bytes)], chunk_bytes)
+              for stream in dealt]
     _check_every_stream_has_chunks(chunks, f"the {len(files)} corpus file(s)")
     return chunks
+
+
+def _packed(pieces: list[Piece], chunk_bytes: int) -> list[Chunk]:
+    """Consecutive `pieces` grouped into chunks: a group takes the next piece while it
+    stays within `chunk_bytes` (a piece of a large file, about that size, stays alone)."""
+    chunks, group = [], []
+    for piece in pieces:
+        if group and sum(p.num_bytes for p in group) + piece.num_bytes > chunk_bytes:
+            chunks.append(Chunk(tuple(group)))
+            group = []
+        group.append(piece)
+    return chunks + ([Chunk(tuple(group))] if group else [])
 
 
 def record_chunks(
@@ -100,10 +144,10 @@ def record_chunks(
     (`num_bytes` is the source's size in bytes of text, exact or estimated)."""
     bytes_per_record = max(1.0, num_bytes / max(1, num_records))
     chunks = []
-    for part in np.array_split(np.arange(num_records), streams):
+    for k in range(streams):
+        first, stop = num_records * k // streams, num_records * (k + 1) // streams
         stream = []
-        if len(part):
-            first, stop = int(part[0]), int(part[-1]) + 1
+        if stop > first:
             pieces = max(1, round((stop - first) * bytes_per_record / chunk_bytes))
             bounds = np.linspace(first, stop, pieces + 1).round().astype(int).tolist()
             for start, end in zip(bounds[:-1], bounds[1:]):
@@ -111,7 +155,7 @@ def record_chunks(
                     held = tuple(documents[start:end])
                     size = sum(map(len, held)) if held else round((end - start) * bytes_per_record)
                     identity = _digest([kind, fingerprint, text_column, start, end])
-                    stream.append(Chunk(kind, path, start, end, size, identity, text_column, documents=held))
+                    stream.append(Chunk((Piece(kind, path, start, end, size, identity, text_column, documents=held),)))
         chunks.append(stream)
     _check_every_stream_has_chunks(chunks, f"{path or 'the corpus'!r} ({num_records} records)")
     return chunks
@@ -124,15 +168,19 @@ def read_chunk(chunk: Chunk) -> list[str]:
         InputError: naming the file, for an unreadable file, undecodable text, a record
             that is not JSON or lacks the text column.
     """
-    try:
-        texts = _READERS[chunk.kind](chunk)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"cannot read corpus file {chunk.path!r}: {e}") from e
+    texts = []
+    for piece in chunk.pieces:
+        try:
+            texts += _READERS[piece.kind](piece)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise InputError(f"cannot read corpus file {piece.path!r}: {e}") from e
     return [text.strip() for text in texts if text and text.strip()]
 
 
 def _check_every_stream_has_chunks(chunks: list[list[Chunk]], what: str) -> None:
     empty = [k for k, stream in enumerate(chunks) if not stream]
+    if empty and len(chunks) == 1:
+        raise InputError(f"{what} hold no document")
     if empty:
         raise InputError(f"{what} cannot be dealt to {len(chunks)} streams: stream {empty[0]} gets no document "
                          f"(config.data.streams, by default one per process: give more files or fewer streams)")
@@ -153,66 +201,83 @@ class _FilePlan:
     fingerprint: str
     text_column: str
     header: bytes = b""
+    chunk_bytes_hint: int = 16 << 20
 
     @classmethod
-    def of(cls, file: Path, text_column: str) -> "_FilePlan":
+    def of(cls, file: Path, text_column: str, chunk_bytes: int) -> "_FilePlan":
+        if file.suffix.lower() in _COMPRESSED:
+            raise InputError(f"corpus file {str(file)!r} is compressed: decompress it first")
         kind = FILE_KINDS.get(file.suffix.lower(), "text")
         try:
             stat = file.stat()
             fingerprint = _digest([str(file.resolve()), stat.st_size, stat.st_mtime_ns, kind, text_column])
             if kind == "parquet":
-                return cls(file, kind, *_parquet_size(file, text_column), fingerprint, text_column)
+                return cls(file, kind, *_parquet_size(file, text_column), fingerprint, text_column,
+                           chunk_bytes_hint=chunk_bytes)
             header = _csv_header(file, text_column) if kind == "csv" else b""
             if kind == "jsonl":
                 _check_first_json_line(file, text_column)
-            return cls(file, kind, stat.st_size, stat.st_size, fingerprint, text_column, header)
-        except OSError as e:
+            return cls(file, kind, stat.st_size, stat.st_size, fingerprint, text_column, header, chunk_bytes)
+        except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"cannot read corpus file {str(file)!r}: {e}") from e
 
-    def chunks(self, part: int, parts: int, chunk_bytes: int) -> list[Chunk]:
-        """Part `part` of `parts` of the file, cut into chunks of about `chunk_bytes`."""
+    def pieces(self, part: int, parts: int, chunk_bytes: int) -> list[Piece]:
+        """Part `part` of `parts` of the file, cut into pieces of about `chunk_bytes`."""
         begin, end = len(self.header), self.size
-        start, stop = self._boundaries(np.linspace(begin, end, parts + 1)[[part, part + 1]])
-        scale = self.text_bytes / max(1, self.size - begin)
-        pieces = max(1, round((stop - start) * scale / chunk_bytes))
-        bounds = sorted(set(self._boundaries(np.linspace(start, stop, pieces + 1))))
+
+        def bound(k: int) -> int:  # where part k starts
+            return begin if k == 0 else end if k == parts else self._cuts([begin + (end - begin) * k / parts])[0]
+
+        start, stop = bound(part), bound(part + 1)
+        scale = self.text_bytes / max(1, end - begin)
+        count = max(1, round((stop - start) * scale / chunk_bytes))
+        inner = self._cuts(list(np.linspace(start, stop, count + 1)[1:-1]))
+        bounds = sorted({start, stop, *(min(cut, stop) for cut in inner)})
         return [
-            Chunk(self.kind, str(self.file), a, b, round((b - a) * scale), _digest([self.fingerprint, a, b]),
+            Piece(self.kind, str(self.file), a, b, round((b - a) * scale), _digest([self.fingerprint, a, b]),
                   self.text_column, self.header)
             for a, b in zip(bounds[:-1], bounds[1:])
         ]
 
-    def _boundaries(self, positions: np.ndarray) -> list[int]:
-        """For each of the ascending `positions`, the first cut at or after it."""
-        begin = len(self.header)
-        inside = [int(round(x)) for x in positions if begin < round(x) < self.size]
-        cuts = _csv_boundaries(self.file, inside) if self.kind == "csv" else map(self._boundary, inside)
-        cut = dict(zip(inside, cuts))
-        return [cut.get(int(round(x)), min(max(int(round(x)), begin), self.size)) for x in positions]
-
-    def _boundary(self, position: int) -> int:
-        """The first cut at or after `position` (strictly inside a text or JSON-lines
-        file): where a document starts, or the end."""
+    def _cuts(self, positions: list[float]) -> list[int]:
+        """For each of the ascending `positions` inside the file, the first document
+        start at or after it (or the end)."""
+        positions = [min(max(int(round(x)), len(self.header) + 1), self.size) for x in positions]
         if self.kind == "parquet":
-            return position
+            return positions
+        if self.kind == "csv":
+            return _csv_boundaries(self.file, positions)
+        return [self._cut(position) for position in positions]
+
+    def _cut(self, position: int) -> int:
+        """Text: the end of the first blank-line run that ends after `position`; JSON
+        lines: the start of the first line at or after it. Reads forward from `position`
+        a window at a time, keeping only a possible partial run."""
+        limit = _LONGEST_DOCUMENT_CHUNKS * self.chunk_bytes_hint
         with open(self.file, "rb") as f:
             f.seek(position - 1)
-            if self.kind == "jsonl" and f.read(1) == b"\n":
-                return position
-            buffer = b""
+            offset, data = position - 1, b""
             while True:
                 block = f.read(_WINDOW)
-                buffer += block
+                data += block
                 if self.kind == "jsonl":
-                    newline = buffer.find(b"\n", 1)
+                    newline = data.find(b"\n")
                     if newline >= 0:
-                        return position - 1 + newline + 1
+                        return offset + newline + 1
+                    offset, data = offset + len(data), b""
                 else:
-                    run = _BLANK_LINE_RUN.search(buffer, 1)
-                    if run and (run.end() < len(buffer) or not block):
-                        return position - 1 + run.end()
+                    run = _BLANK_LINE_RUN.search(data)
+                    if run and (run.end() < len(data) or not block):
+                        return offset + run.end()
+                    keep = max(data.rfind(b"\n"), 0)
+                    offset, data = offset + keep, data[keep:]
                 if not block:
                     return self.size
+                if offset - position > limit:
+                    raise InputError(
+                        f"corpus file {str(self.file)!r} has no blank line in {limit / 1e6:,.2f} MB after byte "
+                        f"{position}: documents in text files are separated by blank lines (one document per line? "
+                        f"write JSON lines)")
 
 
 def _parquet_size(file: Path, text_column: str) -> tuple[int, int]:
@@ -290,43 +355,48 @@ def _json_texts(data: bytes, file: Path | str, text_column: str, first_line: int
     return texts
 
 
-def _read_range(chunk: Chunk) -> bytes:
-    with open(chunk.path, "rb") as f:
-        f.seek(chunk.start)
-        return f.read(chunk.stop - chunk.start)
+def _read_range(piece: Piece) -> bytes:
+    with open(piece.path, "rb") as f:
+        f.seek(piece.start)
+        return f.read(piece.stop - piece.start)
 
 
-def _read_text(chunk: Chunk) -> list[str]:
-    return _BLANK_LINES.split(_read_range(chunk).decode("utf-8"))
+def _read_text(piece: Piece) -> list[str]:
+    return _BLANK_LINES.split(_read_range(piece).decode("utf-8"))
 
 
-def _read_jsonl(chunk: Chunk) -> list[str]:
-    data = _read_range(chunk)
-    first_line = 1
-    if chunk.start:  # line numbers in errors count from the file's start
-        with open(chunk.path, "rb") as f:
-            first_line += f.read(chunk.start).count(b"\n")
-    return _json_texts(data, chunk.path, chunk.text_column, first_line)
+def _read_jsonl(piece: Piece) -> list[str]:
+    data = _read_range(piece)
+    try:
+        return _json_texts(data, piece.path, piece.text_column, first_line=1)
+    except InputError:
+        if not piece.start:
+            raise
+    lines_before = 0  # an error names the line counted from the file's start
+    with open(piece.path, "rb") as f:
+        for _ in range(0, piece.start, _WINDOW):
+            lines_before += f.read(min(_WINDOW, piece.start - f.tell())).count(b"\n")
+    return _json_texts(data, piece.path, piece.text_column, first_line=1 + lines_before)
 
 
-def _read_csv(chunk: Chunk) -> list[str]:
+def _read_csv(piece: Piece) -> list[str]:
     import pandas as pd
 
-    frame = pd.read_csv(io.BytesIO(chunk.header + _read_range(chunk)), dtype=str, keep_default_na=False,
-                        usecols=[chunk.text_column])
-    return frame[chunk.text_column].tolist()
+    frame = pd.read_csv(io.BytesIO(piece.header + _read_range(piece)), dtype=str, keep_default_na=False,
+                        usecols=[piece.text_column])
+    return frame[piece.text_column].tolist()
 
 
-def _read_parquet(chunk: Chunk) -> list[str]:
+def _read_parquet(piece: Piece) -> list[str]:
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(chunk.path)
+    parquet = pq.ParquetFile(piece.path)
     texts, first = [], 0
     for group in range(parquet.metadata.num_row_groups):
         rows = parquet.metadata.row_group(group).num_rows
-        if first < chunk.stop and first + rows > chunk.start:
-            column = parquet.read_row_group(group, columns=[chunk.text_column]).column(0)
-            texts += column.slice(max(0, chunk.start - first), chunk.stop - max(chunk.start, first)).to_pylist()
+        if first < piece.stop and first + rows > piece.start:
+            column = parquet.read_row_group(group, columns=[piece.text_column]).column(0)
+            texts += column.slice(max(0, piece.start - first), piece.stop - max(piece.start, first)).to_pylist()
         first += rows
     return ["" if text is None else str(text) for text in texts]
 
@@ -336,11 +406,12 @@ def _dataset(path: str):
     return load_train_split(path, "corpus")
 
 
-def _read_dataset(chunk: Chunk) -> list[str]:
-    return [text or "" for text in _dataset(chunk.path)[chunk.start:chunk.stop][chunk.text_column]]
+def _read_dataset(piece: Piece) -> list[str]:
+    rows = _dataset(piece.path).select_columns([piece.text_column])[piece.start:piece.stop]
+    return [text or "" for text in rows[piece.text_column]]
 
 
 _READERS = {
     "text": _read_text, "jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet,
-    "dataset": _read_dataset, "documents": lambda chunk: list(chunk.documents),
+    "dataset": _read_dataset, "documents": lambda piece: list(piece.documents),
 }

@@ -20,6 +20,7 @@ A loader's state is the step plus, per stream, (epoch, block, offset in the bloc
 restoring it continues there without reading or preparing any chunk before it.
 """
 
+import bisect
 import dataclasses
 import functools
 import threading
@@ -170,9 +171,8 @@ class PretrainLoader(Prefetching):
         self.streams = range(process_index * per_process, (process_index + 1) * per_process)
         self._vocab_size, self._special_ids, self._mask_rate = vocab_size, special_ids, mask_rate
         self._max_predictions, self._whole_word = max_predictions, whole_word
-        # Per stream: the block a position search starts from, (epoch, block, first position).
-        self._anchor = {k: (0, 0, 0) for k in self.streams}
-        self._cursor = dict(self._anchor)
+        # Per stream: the first position of each block met so far (ascending), and its (epoch, block).
+        self._starts = {k: ([0], [(0, 0)]) for k in self.streams}
         self._lock = threading.Lock()
         self._block = functools.lru_cache(maxsize=16)(self._make_block)
         if shuffle:
@@ -188,27 +188,32 @@ class PretrainLoader(Prefetching):
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def locate(self, stream: int, position: int) -> tuple[int, int, int]:
-        """(epoch, block, offset) of row `position` of `stream` (counted from the start)."""
+        """(epoch, block, offset) of row `position` of `stream` (counted from the start),
+        walking forward from the last known block start at or before it."""
+        firsts, blocks = self._starts[stream]
         with self._lock:
-            epoch, block, first = self._cursor[stream]
-            if position < first:
-                epoch, block, first = self._anchor[stream]
-                if position < first:
-                    raise ValueError(f"stream {stream} position {position} is before the restored one ({first})")
-            empty_blocks = 0
-            blocks_per_epoch = -(-self.source.num_chunks(stream) // self.mix_chunks)
-            while position >= first + (size := self._block(stream, epoch, block).num_rows):
-                first += size
-                empty_blocks = empty_blocks + 1 if size == 0 else 0
-                if empty_blocks >= blocks_per_epoch:
-                    split = "training" if self.shuffle else "held-out"
-                    raise InputError(f"data stream {stream} has no {split} rows: its documents are too few "
-                                     f"or too short (see config.data.eval_fraction, config.data.streams)")
-                block += 1
-                if block == blocks_per_epoch:
-                    epoch, block = epoch + 1, 0
-            self._cursor[stream] = (epoch, block, first)
-            return epoch, block, position - first
+            index = bisect.bisect_right(firsts, position) - 1
+            if index < 0:
+                raise ValueError(f"stream {stream} position {position} is before the restored one ({firsts[0]})")
+            first, (epoch, block) = firsts[index], blocks[index]
+        blocks_per_epoch = -(-self.source.num_chunks(stream) // self.mix_chunks)
+        empty_blocks = 0
+        while position >= first + (size := self._block(stream, epoch, block).num_rows):
+            first += size
+            empty_blocks = empty_blocks + 1 if size == 0 else 0
+            if empty_blocks >= 2 * blocks_per_epoch - 1:  # then a whole epoch was empty
+                split = "training" if self.shuffle else "held-out"
+                raise InputError(f"data stream {stream} has no {split} rows: its documents are too few "
+                                 f"or too short (see config.data.eval_fraction, config.data.streams)")
+            block += 1
+            if block == blocks_per_epoch:
+                epoch, block = epoch + 1, 0
+            index += 1
+            with self._lock:
+                if index == len(firsts):
+                    firsts.append(first)
+                    blocks.append((epoch, block))
+        return epoch, block, position - first
 
     def state(self) -> dict:
         """The next step to serve; per stream of this process, its (epoch, block, offset)
@@ -225,19 +230,27 @@ class PretrainLoader(Prefetching):
     def restore(self, state: Mapping) -> None:
         """Continues from `state` (from `state()` of a run with the same streams, on any
         number of processes; its "positions" must cover this process's streams)."""
-        expected = self._settings()
         if "positions" not in state:  # written before streams: one stream over one array of rows
+            if not self._one_chunk:
+                raise InputError("the checkpoint's data position is from a flaxft without data streams; it resumes "
+                                 "only on a corpus of one chunk and config.data.streams=1")
             expected = {"seed": self.seed, "global_batch_size": self.global_batch_size,
-                        "num_examples": self.source.num_rows(0, 0) if self._one_chunk else None}
+                        "num_examples": self.source.num_rows(0, 0)}
+        else:
+            expected = self._settings()
         for key, value in expected.items():
             if state.get(key) != value:
-                raise InputError(f"data loader state has {key}={state.get(key)!r}, but this run has {value!r}")
+                why = " (the corpus files, their chunking or the row settings changed)" if key == "corpus" else ""
+                raise InputError(f"data loader state has {key}={state.get(key)!r}, but this run has {value!r}{why}")
         step = int(state["step"])
         position = step * self.rows_per_stream
         if "positions" in state:
+            missing = [k for k in self.streams if str(k) not in state["positions"]]
+            if missing:
+                raise InputError(f"data loader state has no position for data stream {missing[0]}")
             for k in self.streams:
                 epoch, block, offset = state["positions"][str(k)]
-                self._anchor[k] = self._cursor[k] = (epoch, block, position - offset)
+                self._starts[k] = ([position - offset], [(epoch, block)])
         if self.shuffle:
             self._want_rest_of_epoch()
         self.seek(step)
@@ -247,7 +260,7 @@ class PretrainLoader(Prefetching):
         its anchor on, the streams' chunks interleaved."""
         orders = []
         for k in self.streams:
-            epoch, block, _ = self._anchor[k]
+            epoch, block = self._starts[k][1][0]
             order = self._chunk_order(k, epoch)
             orders.append([(k, c) for c in order[block * self.mix_chunks:].tolist()])
         self.source.want([pair for group in zip(*orders) for pair in group] +
