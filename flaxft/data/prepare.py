@@ -44,7 +44,7 @@ from flaxft.data.tokenize import TokenizedCorpus, tokenize_documents
 from flaxft.errors import InputError
 
 # Part of every key: bump when the meaning or layout of cached arrays changes.
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3
 SPLITS = ("train", "eval")  # in the order split_documents returns them
 _PROGRESS_EVERY_S = 10.0
 

@@ -3,10 +3,12 @@
 A corpus (see `flaxft.data.corpus` for what names one) is a list of shards: its files in
 sorted order, or one Hugging Face dataset, or a list of documents (the offline default
 corpus). Shards are dealt to S streams (`data.streams`, by default one per process; a
-process serves S / P of them and reads only their shards): with at least S files,
+process serves S / P of them and reads the text of only their shards; planning looks
+at every file's size and, for record files, its header): with at least S files,
 stream k takes files k, k + S, k + 2S, ...; with fewer, every shard is cut into S parts
 and stream k takes part k of each. Every part is then cut into chunks of about
-`chunk_bytes` bytes of text.
+`chunk_bytes` bytes of text (pieces), and consecutive small pieces (small files) are
+packed into one chunk up to that size.
 
 Cuts fall between documents, so a document is never split across chunks, streams or
 processes: plain text at the end of a run of blank lines, JSON lines and CSV at the end

@@ -12,12 +12,14 @@ A stream's rows, epoch after epoch: in epoch e its n chunks are visited in the o
 consecutive chunks; a block's rows (those of its chunks, concatenated) are visited in the
 order `default_rng([seed, e, 0, 0, b, k]).permutation(rows)`. A row's mask is drawn from
 `default_rng([seed, e, row, 1, chunk, k])` alone. Without shuffling (evaluation), rows
-are visited in order, and chunks in order or in the first-epoch order of a given seed's. Trailing zeros after the fourth number are left out, so
-one stream of one chunk is visited as the rows of one array always were:
-`default_rng([seed, e])` and `[seed, e, row, 1]` (`_seed`).
+are visited in order, and chunks either in order or in the order a shuffled loader with
+a given seed visits them in its first epoch. Trailing zeros after the fourth number are
+left out (`_seed`), so one stream of one chunk is visited as the rows of one array always
+were: `default_rng([seed, e])` and `[seed, e, row, 1]`.
 
 A loader's state is the step plus, per stream, (epoch, block, offset in the block):
-restoring it continues there without reading or preparing any chunk before it.
+restoring it continues there without reading the rows of any block before it (chunks
+missing from the cache are prepared again as their turn comes).
 """
 
 import bisect
