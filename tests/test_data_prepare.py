@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +193,22 @@ def test_rows_are_the_same_prepared_in_process_by_workers_or_from_the_cache(tmp_
     for other in results[1:]:
         assert_batch_lists_equal(results[0][0], other[0])
         assert_batch_lists_equal(results[0][1], other[1])
+
+
+def test_a_copied_corpus_is_the_same_corpus_to_a_checkpoint_an_edited_one_is_not(tmp_path, tokenizer):
+    def identity(folder):
+        chunks = corpus_chunks(str(folder), "text", streams=2, chunk_bytes=10000)
+        jobs = [(k, i, c) for k, stream in enumerate(chunks) for i, c in enumerate(stream)]
+        preparation = Preparation(jobs, recipe(tokenizer), tmp_path / "cache", 0, show_progress=False)
+        return PreparedRows(preparation, "train", chunks, special_token_ids(tokenizer)).identity
+
+    original = write_corpus_files(tmp_path / "corpus", corpus_documents(), "jsonl", files=3)
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, copy)
+    assert identity(copy) == identity(original)
+    with open(copy / "shard-2.jsonl", "a") as f:
+        f.write(json.dumps({"text": "One more document."}) + "\n")
+    assert identity(copy) != identity(original)
 
 
 def test_one_chunk_gives_the_rows_make_examples_makes_of_the_corpus(tmp_path, tokenizer):

@@ -311,8 +311,9 @@ class PreparedRows:
         self.num_streams = len(chunks)
         self._num_chunks = [len(stream) for stream in chunks]
         recipe = preparation.recipe
-        self.identity = _key("corpus", [[recipe.rows_key(c, k, i) for i, c in enumerate(stream)]
-                                        for k, stream in enumerate(chunks)])
+        # The corpus by its files' names and ranges, not where they lie, and how rows are made of it.
+        self.identity = _key("corpus", [[c.place for c in stream] for stream in chunks], recipe.tokenizer_fingerprint,
+                             recipe.seq_len, recipe.format, recipe.seed, recipe.short_seq_prob, recipe.eval_fraction)
 
     def num_chunks(self, stream: int) -> int:
         return self._num_chunks[stream]

@@ -98,6 +98,14 @@ class Chunk:
         return [piece.path for piece in self.pieces]
 
     @property
+    def place(self) -> list:
+        """What it is without where the corpus lies: each piece's file name (not folder; for
+        documents and datasets, their content's digest), kind, range and text column; the
+        same for a corpus copied or mounted elsewhere."""
+        return [[p.identity if p.kind in ("documents", "dataset") else Path(p.path).name, p.kind, p.start, p.stop,
+                 p.text_column] for p in self.pieces]
+
+    @property
     def name(self) -> str:
         """How errors and logs name it."""
         more = f" and {len(self.pieces) - 1} more file(s)" if len(self.pieces) > 1 else ""
