@@ -6,12 +6,16 @@ mesh and optimizer, built into a `flaxft.contracts.Run` for the loop.
 
 import dataclasses
 import functools
+import hashlib
+import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tokenizers import Tokenizer
 
 from flaxft import checkpoint, data, optim, sharding
@@ -137,15 +141,17 @@ def loaders(config: ml_collections.ConfigDict, workdir: Path, chunks: list[list[
     process, processes = jax.process_index(), jax.process_count()
     per_process = len(chunks) // processes  # the loaders check that the streams divide evenly
     mine = range(process * per_process, (process + 1) * per_process)
+    workers = workers_of(config)
     preparation = data.Preparation([(k, i, c) for k in mine for i, c in enumerate(chunks[k])],
-                                   recipe_of(config, tokenizer), cache_dir_of(config, workdir), config.data.workers,
+                                   recipe_of(config, tokenizer), cache_dir_of(config, workdir), workers,
                                    show_progress=process == 0)
     if processes > 1:
         mine_chunks = [c for k in mine for c in chunks[k]]
         files = sorted({Path(path).name if path else "documents" for c in mine_chunks for path in c.paths})
         print(f"process {process}/{processes}: data streams {mine.start}-{mine.stop - 1} of {len(chunks)}, "
               f"{sum(c.num_bytes for c in mine_chunks) / 1e6:,.1f} MB of text in {len(files)} file(s): "
-              f"{', '.join(files[:4])}{', ...' if len(files) > 4 else ''}", flush=True)
+              f"{', '.join(files[:4])}{', ...' if len(files) > 4 else ''}; up to {workers} preparing worker(s)",
+              flush=True)
     special_ids = data.special_token_ids(tokenizer)
     options = dict(
         vocab_size=tokenizer.get_vocab_size(), special_ids=special_ids,
@@ -158,6 +164,20 @@ def loaders(config: ml_collections.ConfigDict, workdir: Path, chunks: list[list[
     evaluation = data.PretrainLoader(rows("eval"), config.global_batch_size, config.seed + 1, shuffle=False,
                                      chunk_order_seed=config.seed, prefetch=0, **options)
     return train, evaluation
+
+
+def workers_of(config: ml_collections.ConfigDict) -> int:
+    """config.data.workers, where -1 (one per core) shares this host's cores among the
+    run's processes on it (several processes per host, as one per GPU, would each start
+    one worker per core otherwise)."""
+    if config.data.workers != -1:
+        return config.data.workers
+    cores = len(os.sched_getaffinity(0))
+    if jax.process_count() == 1:
+        return cores
+    host = np.frombuffer(hashlib.sha256(socket.gethostname().encode()).digest()[:4], np.int32)
+    hosts = multihost_utils.process_allgather(host)
+    return max(1, cores // int((np.asarray(hosts).ravel() == host[0]).sum()))
 
 
 def recipe_of(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> data.Recipe:

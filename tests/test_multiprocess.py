@@ -43,6 +43,8 @@ def test_two_processes_read_disjoint_shards_and_match_one_process(tmp_path, corp
     assert two.returncode == 0, two.stderr[-3000:]
     assert "process 0/2: 4 local devices, loads 4 of 8 rows per batch" in two.stdout
     assert "process 0/2: data streams 0-0 of 2," in two.stdout and "2 file(s): shard-0.txt, shard-2.txt" in two.stdout
+    cores = len(os.sched_getaffinity(0))
+    assert f"up to {max(1, cores // 2)} preparing worker(s)" in two.stdout  # the host's cores shared by its 2 processes
     other = (tmp_path / "logs2" / "process_1.log").read_text()
     assert "process 1/2: 4 local devices, loads 4 of 8 rows per batch" in other
     assert "process 1/2: data streams 1-1 of 2," in other and "2 file(s): shard-1.txt, shard-3.txt" in other

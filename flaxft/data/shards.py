@@ -125,8 +125,8 @@ def file_chunks(files: Sequence[Path], text_column: str, streams: int, chunk_byt
     else:
         dealt = [[(file, k) for file in files] for k in range(streams)]
     splits = 1 if len(files) >= streams else streams
-    plans = {file: _FilePlan.of(file, text_column, chunk_bytes) for file in files}
-    chunks = [_packed([p for file, part in stream for p in plans[file].pieces(part, splits, chunk_bytes)], chunk_bytes)
+    parts = {file: _FilePlan.of(file, text_column, chunk_bytes).pieces(splits, chunk_bytes) for file in files}
+    chunks = [_packed([piece for file, part in stream for piece in parts[file][part]], chunk_bytes)
               for stream in dealt]
     _check_every_stream_has_chunks(chunks, f"the {len(files)} corpus file(s)")
     return chunks
@@ -231,23 +231,26 @@ class _FilePlan:
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"cannot read corpus file {str(file)!r}: {e}") from e
 
-    def pieces(self, part: int, parts: int, chunk_bytes: int) -> list[Piece]:
-        """Part `part` of `parts` of the file, cut into pieces of about `chunk_bytes`."""
+    def pieces(self, parts: int, chunk_bytes: int) -> list[list[Piece]]:
+        """The file cut into `parts` parts, each into pieces of about `chunk_bytes`: every
+        cut found in one pass over the file (CSV files are scanned from their start)."""
         begin, end = len(self.header), self.size
-
-        def bound(k: int) -> int:  # where part k starts
-            return begin if k == 0 else end if k == parts else self._cuts([begin + (end - begin) * k / parts])[0]
-
-        start, stop = bound(part), bound(part + 1)
         scale = self.text_bytes / max(1, end - begin)
-        count = max(1, round((stop - start) * scale / chunk_bytes))
-        inner = self._cuts(list(np.linspace(start, stop, count + 1)[1:-1]))
-        bounds = sorted({start, stop, *(min(cut, stop) for cut in inner)})
-        return [
-            Piece(self.kind, str(self.file), a, b, round((b - a) * scale), _digest([self.fingerprint, a, b]),
-                  self.text_column, self.header)
-            for a, b in zip(bounds[:-1], bounds[1:])
-        ]
+        bounds = [begin + (end - begin) * k / parts for k in range(parts + 1)]
+        inner = [list(np.linspace(a, b, max(1, round((b - a) * scale / chunk_bytes)) + 1)[1:-1])
+                 for a, b in zip(bounds[:-1], bounds[1:])]
+        wanted = sorted({*bounds[1:-1], *(x for part in inner for x in part)})
+        cut = dict(zip(wanted, self._cuts(wanted)))
+        edges = [begin, *(cut[x] for x in bounds[1:-1]), end]
+        pieces = []
+        for (start, stop), positions in zip(zip(edges[:-1], edges[1:]), inner):
+            cuts = sorted({start, stop, *(min(max(cut[x], start), stop) for x in positions)})
+            pieces.append([
+                Piece(self.kind, str(self.file), a, b, round((b - a) * scale), _digest([self.fingerprint, a, b]),
+                      self.text_column, self.header)
+                for a, b in zip(cuts[:-1], cuts[1:])
+            ])
+        return pieces
 
     def _cuts(self, positions: list[float]) -> list[int]:
         """For each of the ascending `positions` inside the file, the first document
