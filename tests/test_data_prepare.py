@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import datasets
@@ -209,6 +210,16 @@ def test_a_copied_corpus_is_the_same_corpus_to_a_checkpoint_an_edited_one_is_not
     with open(copy / "shard-2.jsonl", "a") as f:
         f.write(json.dumps({"text": "One more document."}) + "\n")
     assert identity(copy) != identity(original)
+
+
+def test_entries_a_stopped_worker_left_half_written_are_removed_after_a_day(tmp_path, tokenizer):
+    old, young = tmp_path / ".rows-0123.abcd", tmp_path / ".tokens-4567.efgh"
+    for folder in (old, young):
+        folder.mkdir()
+        (folder / "token_ids.npy").write_bytes(b"partial")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    Preparation([], recipe(tokenizer), tmp_path, 0, show_progress=False)
+    assert not old.exists() and young.exists()
 
 
 def test_one_chunk_gives_the_rows_make_examples_makes_of_the_corpus(tmp_path, tokenizer):

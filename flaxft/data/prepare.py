@@ -22,6 +22,7 @@ the corpus size. Process 0 prints the progress: chunks, MB, MB/s and the time le
 
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -167,6 +168,7 @@ class Preparation:
         self.recipe = recipe
         self.cache_dir = Path(cache_dir).expanduser()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_entries(self.cache_dir)
         self._chunks = {(stream, index): chunk for stream, index, chunk in jobs}
         self._done: dict[tuple[int, int], Prepared] = {}
         self._running: set[tuple[int, int]] = set()
@@ -290,7 +292,9 @@ class _Progress:
                     f"({rate:.1f} MB/s{cached})")
         else:
             left = (self.total_bytes - self.bytes) / (rate * 1e6) if rate > 0 else float("nan")
-            line = (f"preparing the corpus: {self.chunks}/{self.total_chunks} chunks, {self.bytes / 1e6:,.1f}/"
+            done = int(24 * self.bytes / max(1, self.total_bytes))
+            line = (f"[{'#' * done}{'.' * (24 - done)}] preparing the corpus: {self.chunks}/{self.total_chunks} chunks, "
+                    f"{self.bytes / 1e6:,.1f}/"
                     f"{self.total_bytes / 1e6:,.1f} MB, {rate:.1f} MB/s, ETA {_clock(left)}{cached}")
         print(line, flush=True)
 
@@ -373,6 +377,15 @@ def _empty_layout() -> Layout:
     empty = np.zeros(0, np.int64)
     return Layout(np.zeros(1, np.int64), empty, empty, empty.astype(bool), empty.astype(np.int32),
                   empty.astype(np.int32), empty.astype(np.int32))
+
+
+def _remove_abandoned_entries(cache_dir: Path, age_s: float = 86400.0) -> None:
+    """Removes temporary entry folders a day old (a worker stopped while writing leaves one;
+    a younger one may be another host's, still being written)."""
+    for entry in cache_dir.glob(".*-*.*"):
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and time.time() - entry.stat().st_mtime > age_s:
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _write_entry(target: Path, splits: Mapping[str, Mapping[str, np.ndarray]], info: dict | None = None) -> None:
