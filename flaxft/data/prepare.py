@@ -285,10 +285,11 @@ class _Progress:
         elapsed = now - self.started
         rate = (self.bytes - self.cached_bytes) / max(elapsed, 1e-9) / 1e6
         cached = f", {self.cached} from the cache" if self.cached else ""
+        chunks = f"{self.chunks} chunk{'s' * (self.chunks != 1)}"
         if last and self.cached == self.chunks:
-            line = f"corpus prepared: {self.chunks} chunks, {self.bytes / 1e6:,.1f} MB, all from the cache"
+            line = f"corpus prepared: {chunks}, {self.bytes / 1e6:,.1f} MB, all from the cache"
         elif last:
-            line = (f"corpus prepared: {self.chunks} chunks, {self.bytes / 1e6:,.1f} MB in {_clock(elapsed)} "
+            line = (f"corpus prepared: {chunks}, {self.bytes / 1e6:,.1f} MB in {_clock(elapsed)} "
                     f"({rate:.1f} MB/s{cached})")
         else:
             left = (self.total_bytes - self.bytes) / (rate * 1e6) if rate > 0 else float("nan")
