@@ -7,6 +7,8 @@ before the family's `first_scanned_layer`, which stay `layer_{i}`). The numbers 
 same; only the tree differs.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,9 +27,15 @@ def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:
 
 def abstract_params(model: nn.Module, seq_len: int = 8, boxed: bool = False) -> dict:
     """ShapeDtypeStructs of `model`'s parameters, with their logical axis names when
-    `boxed`; nothing is allocated."""
-    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), seq_len))
+    `boxed`; nothing is allocated. Traced once per model (a hashable dataclass) and
+    seq_len; each call returns its own containers."""
+    shapes = jax.tree.map(lambda leaf: leaf, _traced_abstract_params(model, seq_len))
     return shapes if boxed else nn.meta.unbox(shapes)
+
+
+@functools.lru_cache(maxsize=16)
+def _traced_abstract_params(model: nn.Module, seq_len: int) -> dict:
+    return jax.eval_shape(lambda: init_params(model, jax.random.key(0), seq_len))
 
 
 def _subtree(params: dict, path: tuple[str, ...]) -> dict:
