@@ -66,13 +66,17 @@ def classification_config(train_file, validation_file, **overrides):
 @pytest.mark.slow
 def test_pretrained_minilm_beats_random_init_and_exports(tmp_path, task_files, minilm_dir):
     train_file, validation_file = small_classification(task_files, tmp_path, rows=320)
-    pretrained = train.run(classification_config(train_file, validation_file, init_from=str(minilm_dir)),
+    # 20 steps at 3e-4; FSDP over the 8 simulated devices (data parallel would update a
+    # replicated MiniLM 8 times a step on this CPU's cores).
+    short = {"num_train_steps": 20, "eval_every_steps": 20, "checkpoint_every_steps": 20, "learning_rate": 3e-4,
+             "mesh.data": 1, "mesh.fsdp": -1}
+    pretrained = train.run(classification_config(train_file, validation_file, init_from=str(minilm_dir), **short),
                            str(tmp_path / "pretrained"))
     hf_config = json.loads((minilm_dir / "config.json").read_text())
     same_model = {f"model.{k}": hf_config[k] for k in (
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
     # The random-init baseline only needs its accuracy: bfloat16 (auto) where that is faster.
-    scratch = train.run(classification_config(train_file, validation_file, **same_model,
+    scratch = train.run(classification_config(train_file, validation_file, **short, **same_model,
                                               **{"data.tokenizer": str(minilm_dir), "model.dtype": "auto"}),
                         str(tmp_path / "scratch"))
     chance = 1 / 5
