@@ -29,8 +29,8 @@ def abstract_params(model: nn.Module, seq_len: int = 8, boxed: bool = False) -> 
     """ShapeDtypeStructs of `model`'s parameters, with their logical axis names when
     `boxed`; nothing is allocated. Traced once per model (a hashable dataclass) and
     seq_len; each call returns its own containers."""
-    shapes = jax.tree.map(lambda leaf: leaf, _traced_abstract_params(model, seq_len))
-    return shapes if boxed else nn.meta.unbox(shapes)
+    shapes = _traced_abstract_params(model, seq_len)
+    return jax.tree.map(lambda leaf: leaf, shapes) if boxed else nn.meta.unbox(shapes)
 
 
 @functools.lru_cache(maxsize=16)
